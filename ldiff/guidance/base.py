@@ -1,0 +1,142 @@
+r"""The common interface of guidance strategies.
+
+A reconstruction problem is an :class:`Observation` (``y = A x + n`` with
+``n ~ N(0, std^2)``) and a prior :class:`~ldiff.diffusion.denoise.Denoiser`. A
+:class:`Strategy` turns them into posterior samples:
+``strategy.reconstruct(denoiser, obs, x1, sampler) -> x0``.
+
+Two families:
+
+- :class:`ScoreGuidance` (``dps-sum``, ``std-scaled``, ``dual-scaled``, ``adaptive``,
+  ``dps-norm``, ``mmps``): each turns :math:`(x_t, t, \hat\varepsilon)` into a guided
+  :math:`\tilde\varepsilon = \hat\varepsilon - \sigma\, g` with a likelihood score
+  :math:`g \approx \nabla_{x_t} \log p(y \mid x_t)`, and samples with SDA's
+  predictor-corrector, the guided epsilon feeding both predictor and corrector.
+- Strategies with their own transition (``ddrm``, ``pnp-admm``, ``diffpir``), which walk
+  the same time grid (``sampler.times()``) so that budgets are comparable.
+
+Every strategy records per-step diagnostics per sample into a :class:`Diagnostics`:
+``eps_norm`` (:math:`\|\hat\varepsilon\|`), ``correction_norm`` (:math:`\|\sigma g\|` or
+the equivalent change of the state), their ``ratio``, ``gamma_share`` (the share of
+:math:`\gamma (\sigma/\mu)^2` in SDA's variance, NaN where it does not apply) and
+``nonfinite`` (1 where the correction holds NaN/Inf). All reductions are per sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ldiff.diffusion.denoise import Denoiser
+from ldiff.diffusion.sampler import PredictorCorrector, StepCallback
+from ldiff.observe import Operator, check_std
+
+
+@dataclass
+class Observation:
+    """Observations ``y = A x + n`` of fields of shape ``field_shape`` = (C, H, W).
+
+    Attributes:
+        y: observations in normalised units, shape (B, *obs_shape).
+        op: the linear operator ``A``.
+        std: noise std in normalised units (float or broadcastable against ``y``).
+        field_shape: (C, H, W) of the fields observed.
+    """
+
+    y: Tensor
+    op: Operator
+    std: float | Tensor
+    field_shape: Sequence[int]
+
+    def __post_init__(self) -> None:
+        self.field_shape = tuple(self.field_shape)
+        check_std(self.std)
+        self.op.check(self.field_shape)
+        expected = tuple(self.op(torch.empty((1, *self.field_shape), device="meta")).shape[1:])
+        if tuple(self.y.shape[1:]) != expected:
+            raise ValueError(
+                f"observations y have shape {tuple(self.y.shape[1:])} per sample, but {self.op!r} "
+                f"on fields {self.field_shape} gives {expected}"
+            )
+        if self.y[0].numel() == 0:
+            raise ValueError(f"{self.op!r} gives zero observations on fields {self.field_shape}")
+        if not torch.isfinite(self.y).all():
+            raise ValueError(f"observations y hold {int((~torch.isfinite(self.y)).sum())} NaN or Inf values")
+
+    @property
+    def n_obs(self) -> int:
+        """Observations per sample, ``N``."""
+        return self.y[0].numel()
+
+    def repeat(self, k: int) -> "Observation":
+        """The same problem with every observation set repeated ``k`` times (K samples each)."""
+        std = self.std
+        if isinstance(std, Tensor) and std.dim() == self.y.dim():
+            std = std.repeat_interleave(k, dim=0)
+        return Observation(self.y.repeat_interleave(k, dim=0), self.op, std, self.field_shape)
+
+
+class Diagnostics:
+    """Per-step, per-sample diagnostics: call :meth:`record` once per guided evaluation."""
+
+    def __init__(self) -> None:
+        self.t: list[Tensor] = []
+        self.values: dict[str, list[Tensor]] = {}
+
+    def record(self, t: Tensor, **values: Tensor) -> None:
+        """Record values of shape (B,) at times ``t`` of shape (B,)."""
+        self.t.append(t.detach().float().cpu())
+        for name, value in values.items():
+            self.values.setdefault(name, []).append(value.detach().float().cpu())
+
+    def stacked(self) -> dict[str, Tensor]:
+        """Every recorded quantity stacked to shape (evaluations, B), plus ``t``."""
+        out = {name: torch.stack(v) for name, v in self.values.items()}
+        if self.t:
+            out["t"] = torch.stack(self.t)
+        return out
+
+
+def norm(x: Tensor) -> Tensor:
+    """Per-sample Euclidean norm, shape (B,)."""
+    return x.flatten(1).norm(dim=1)
+
+
+class Strategy:
+    """Base class of every guidance strategy."""
+
+    def reconstruct(
+        self,
+        denoiser: Denoiser,
+        obs: Observation,
+        x1: Tensor,
+        sampler: PredictorCorrector,
+        generator: torch.Generator | None = None,
+        callback: StepCallback | None = None,
+        diagnostics: Diagnostics | None = None,
+    ) -> Tensor:
+        """Posterior samples, shape (B, C, H, W), from initial noise ``x1`` (B, C, H, W)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class ScoreGuidance(Strategy):
+    r"""Strategies that guide epsilon: :math:`\tilde\varepsilon = \hat\varepsilon - \sigma g`."""
+
+    def guided_eps(
+        self, denoiser: Denoiser, x_t: Tensor, t: Tensor, obs: Observation, diagnostics: Diagnostics | None
+    ) -> Tensor:
+        """The guided epsilon at ``(x_t, t)``, shape of ``x_t``."""
+        raise NotImplementedError
+
+    def reconstruct(self, denoiser, obs, x1, sampler, generator=None, callback=None, diagnostics=None):
+        def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:
+            return self.guided_eps(denoiser, x_t, t, obs, diagnostics)
+
+        return sampler.sample(eps_fn, x1, generator, callback)

@@ -1,0 +1,74 @@
+"""``ldiff data ...``: sub-commands that write store files (:mod:`ldiff.data.store`).
+
+Each sub-command's parser carries ``func``, called with the parsed arguments; it writes
+the store and prints its path. Generators of other modules add their own sub-commands to
+the parsers that :func:`add_data_commands` returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from ldiff.data.grf import generate_grf
+from ldiff.data.ibpm import read_ibpm_dir
+from ldiff.data.sda import CANONICAL, read_sda_h5
+from ldiff.data.store import save
+
+
+def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Register ``data`` with ``import-ibpm``, ``import-sda`` and ``grf``.
+
+    Args:
+        subparsers: the ``ldiff`` parser's sub-parsers.
+
+    Returns:
+        The sub-parsers of ``data``, for other modules' sub-commands.
+    """
+    data = subparsers.add_parser("data", help="generate or import fields into a store file")
+    commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+
+    ibpm = commands.add_parser("import-ibpm", help="read an IBPM run directory (ibpmNNNNN.plt, ibpm.cmd)")
+    ibpm.add_argument("directory", help="IBPM output directory")
+    ibpm.add_argument("--dt", type=float, help="solver time step (default: from ibpm.cmd)")
+    _add_output(ibpm)
+    ibpm.set_defaults(func=_import_ibpm)
+
+    sda = commands.add_parser("import-sda", help="read dataset 'x' of an SDA HDF5 file")
+    sda.add_argument("file", help="HDF5 file")
+    sda.add_argument("--layout", default=CANONICAL, help=f"axis letters of 'x' (default {CANONICAL})")
+    sda.add_argument("--dt", type=float, default=0.2, help="time between frames (default 0.2)")
+    sda.add_argument("--lx", type=float, default=2 * math.pi, help="domain length along W (default 2 pi)")
+    sda.add_argument("--ly", type=float, default=2 * math.pi, help="domain length along H (default 2 pi)")
+    sda.add_argument("--periodic", type=int, choices=(0, 1), default=1, help="periodic domain (default 1)")
+    _add_output(sda)
+    sda.set_defaults(func=_import_sda)
+
+    grf = commands.add_parser("grf", help="generate divergence-free Gaussian random field trajectories")
+    grf.add_argument("--trajectories", type=int, default=8, help="number of trajectories (default 8)")
+    grf.add_argument("--frames", type=int, default=32, help="frames per trajectory (default 32)")
+    grf.add_argument("--size", type=int, default=64, help="grid points per side (default 64)")
+    grf.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    grf.add_argument("--alpha", type=float, default=4.0, help="stream-function spectrum decay (default 4)")
+    grf.add_argument("--rho", type=float, default=0.9, help="frame-to-frame correlation (default 0.9)")
+    _add_output(grf)
+    grf.set_defaults(func=_grf)
+    return commands
+
+
+def _add_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", required=True, help="store file to write (.nc)")
+
+
+def _import_ibpm(args: argparse.Namespace) -> None:
+    print(save(read_ibpm_dir(args.directory, dt=args.dt), args.output))
+
+
+def _import_sda(args: argparse.Namespace) -> None:
+    ds = read_sda_h5(args.file, args.layout, dt=args.dt, lx=args.lx, ly=args.ly, periodic=args.periodic)
+    print(save(ds, args.output))
+
+
+def _grf(args: argparse.Namespace) -> None:
+    ds = generate_grf(args.trajectories, args.frames, args.size, args.seed, alpha=args.alpha, rho=args.rho)
+    print(save(ds, args.output))

@@ -1,0 +1,291 @@
+r"""``FieldDataModule``: windows of store trajectories, split by trajectory and normalised.
+
+A sample is a window of ``T`` consecutive frames of one trajectory, flattened into
+channels frame-major, :math:`c = 2\,\mathrm{frame} + \mathrm{component}` (u, v), so the
+prior learns the joint law of ``T`` frames, as SDA's local score does (Rozet & Louppe
+2023, "Score-based Data Assimilation", https://arxiv.org/abs/2306.10574). As in SDA,
+training draws one window at a uniformly random start per trajectory per epoch, while
+validation and test visit every window.
+
+Splits are by trajectory: frames of one trajectory are strongly correlated, so a split by
+frame would put near-copies of test frames in the training set. With ``N`` trajectories
+and fractions ``(f_train, f_val, f_test)`` the counts are chosen thus: every split with a
+positive fraction first receives one trajectory, in the order train, test, val, while
+trajectories last (``N = 1`` gives train only, ``N = 2`` train and test when both
+fractions are positive); the rest go one at a time to the split furthest below its
+target :math:`f_i N` (ties to the earlier split). Which trajectories go where is a
+permutation drawn from ``seed``.
+
+Each velocity component is normalised with the mean and standard deviation of that
+component over every frame and pixel of the training trajectories only,
+:math:`\tilde x_c = (x_c - m_{c \bmod 2}) / s_{c \bmod 2}`, the same for every frame of
+the window. The statistics live in :class:`Normalizer`, which the LightningModule saves in
+its checkpoint (plain tensors) and loads back into the data module, so inference undoes
+exactly the scaling the prior was trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ldiff.data.conditions import build_conditions
+from ldiff.data.store import load
+
+SPLITS = ("train", "val", "test")
+
+
+class Normalizer:
+    r"""Per-component affine scaling of (B, C, H, W) fields, ``C = 2 T`` frame-major.
+
+    ``mean`` and ``std`` are tensors of shape (2,) (u, v), float64, in physical units;
+    they are ``None`` until :meth:`fit` or :meth:`load_state_dict`.
+    """
+
+    def __init__(self) -> None:
+        self.mean: Tensor | None = None
+        self.std: Tensor | None = None
+
+    def fit(self, u: np.ndarray, v: np.ndarray) -> Normalizer:
+        """Set mean and (population) std of each component from arrays of any shape."""
+        self.mean = torch.tensor([u.mean(dtype=np.float64), v.mean(dtype=np.float64)])
+        self.std = torch.tensor([u.std(dtype=np.float64), v.std(dtype=np.float64)])
+        return self
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """Physical to normalised units; ``x`` of shape (B, C, H, W) or (C, H, W)."""
+        mean, std = self._per_channel(x)
+        return (x - mean) / std
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        """Normalised to physical units; ``x`` of shape (B, C, H, W) or (C, H, W)."""
+        mean, std = self._per_channel(x)
+        return x * std + mean
+
+    def state_dict(self) -> dict[str, Tensor]:
+        self._require_fitted()
+        return {"mean": self.mean.clone(), "std": self.std.clone()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        mean, std = (torch.as_tensor(state[key], dtype=torch.float64) for key in ("mean", "std"))
+        if mean.shape != (2,) or std.shape != (2,) or not (std > 0).all():
+            raise ValueError(f"normalizer state: need mean and positive std of shape (2,), got {state}")
+        self.mean, self.std = mean, std
+
+    def _require_fitted(self) -> None:
+        if self.mean is None:
+            raise ValueError("normalizer: not fitted (no training split: load a checkpoint's statistics)")
+
+    def _per_channel(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self._require_fitted()
+        channels = x.shape[-3]
+        if channels % 2:
+            raise ValueError(f"normalizer: {channels} channels, expected 2 per frame")
+        shape = (channels, 1, 1)
+        mean = self.mean.to(x).repeat(channels // 2).reshape(shape)
+        std = self.std.to(x).repeat(channels // 2).reshape(shape)
+        return mean, std
+
+
+def split_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
+    """Trajectories per split (train, val, test) by the rule in the module docstring."""
+    fractions = np.asarray(fractions, dtype=np.float64)
+    if fractions.shape != (3,) or (fractions < 0).any() or abs(fractions.sum() - 1.0) > 1e-6:
+        raise ValueError(f"split: need 3 non-negative fractions summing to 1, got {tuple(fractions)}")
+    active = [i for i in (0, 2, 1) if fractions[i] > 0]
+    counts = np.zeros(3, dtype=int)
+    counts[active[:n]] = 1
+    target = fractions * n
+    for _ in range(n - counts.sum()):
+        deficit = target[active] - counts[active]
+        counts[active[int(np.argmax(deficit))]] += 1
+    return tuple(int(c) for c in counts)
+
+
+def split_trajectories(n: int, fractions: Sequence[float], seed: int) -> dict[str, np.ndarray]:
+    """Trajectory indices of each split, sorted; disjoint, together ``0 .. n-1``."""
+    n_train, n_val, _ = split_counts(n, fractions)
+    order = np.random.default_rng(seed).permutation(n)
+    parts = np.split(order, [n_train, n_train + n_val])
+    return {name: np.sort(part) for name, part in zip(SPLITS, parts)}
+
+
+class WindowDataset(Dataset):
+    """Windows of ``window`` frames of some trajectories, normalised on access.
+
+    Items are dicts: ``x`` (2 window, H, W) float32 in normalised units, ``trajectory``
+    (store index), ``start`` (first frame), and ``cond`` (C_cond, H, W) when given.
+
+    Args:
+        fields: (N, T, 2, H, W) float32 in physical units.
+        trajectories: store indices of the N trajectories, shape (N,).
+        normalizer: applied to every item when it is read.
+        random_window: one item per trajectory with a random start (torch's generator);
+            otherwise every start ``0, stride, 2 stride, ...`` of every trajectory.
+    """
+
+    def __init__(
+        self,
+        fields: Tensor,
+        trajectories: np.ndarray,
+        window: int,
+        normalizer: Normalizer,
+        cond: Tensor | None = None,
+        random_window: bool = False,
+        stride: int = 1,
+    ) -> None:
+        self.fields, self.trajectories, self.window = fields, trajectories, window
+        self.normalizer, self.cond, self.random_window = normalizer, cond, random_window
+        self.starts = range(0, fields.shape[1] - window + 1, stride)
+
+    def __len__(self) -> int:
+        return len(self.fields) * (1 if self.random_window else len(self.starts))
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        if self.random_window:
+            n, start = index, int(torch.randint(len(self.starts), ()))
+        else:
+            n, k = divmod(index, len(self.starts))
+            start = self.starts[k]
+        frames = self.fields[n, start : start + self.window]
+        item = {
+            "x": self.normalizer.normalize(frames.reshape(-1, *frames.shape[-2:])),
+            "trajectory": torch.tensor(int(self.trajectories[n])),
+            "start": torch.tensor(start),
+        }
+        if self.cond is not None:
+            item["cond"] = self.cond
+        return item
+
+
+class FieldDataModule(L.LightningDataModule):
+    """Windows of a store file for training, validation and test.
+
+    Batches are dicts: ``x`` (B, 2 window, H, W) float32 in normalised units,
+    ``trajectory`` and ``start`` (B,) long, and ``cond`` (B, C_cond, H, W) when
+    ``condition`` names channels (see :mod:`ldiff.data.conditions`).
+
+    Args:
+        path: store file (:mod:`ldiff.data.store`).
+        window: frames per sample.
+        batch_size: samples per batch.
+        split: fractions of trajectories for train, val, test.
+        random_window: training draws one random window per trajectory per epoch
+            (else every window); validation and test always use every window.
+        num_workers: DataLoader worker processes.
+        condition: names of condition channels.
+        seed: seed of the trajectory split.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        window: int = 1,
+        batch_size: int = 16,
+        split: tuple[float, float, float] = (0.8, 0.1, 0.1),
+        random_window: bool = True,
+        num_workers: int = 0,
+        condition: tuple[str, ...] = (),
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if window < 1 or batch_size < 1:
+            raise ValueError(f"window and batch_size must be >= 1, got {window}, {batch_size}")
+        self.path, self.window, self.batch_size = path, window, batch_size
+        self.split, self.random_window, self.num_workers = tuple(split), random_window, num_workers
+        self.condition, self.seed = tuple(condition), seed
+        self.normalizer = Normalizer()
+        self.splits: dict[str, np.ndarray] | None = None
+
+    @property
+    def channels(self) -> int:
+        """Channels of ``x``: 2 per frame."""
+        return 2 * self.window
+
+    @property
+    def cond_channels(self) -> int:
+        return len(self.condition)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the store, split it and fit the normalizer on the training split.
+
+        A normalizer already fitted or loaded is kept; with no training trajectory (e.g.
+        ``split=(0, 0, 1)`` to evaluate a store) it stays unfitted until a checkpoint's
+        statistics are loaded into it (``normalizer.load_state_dict``); the datasets
+        read the normalizer when they are indexed, so loading after setup is enough.
+        """
+        if self.splits is not None:
+            return
+        ds = load(self.path)
+        n_traj, n_time = ds.sizes["trajectory"], ds.sizes["time"]
+        if self.window > n_time:
+            raise ValueError(f"{self.path}: window {self.window} is longer than the trajectories ({n_time} frames)")
+        self.attrs = dict(ds.attrs)
+        self.time = ds["time"].values
+        self.cond = build_conditions(ds, self.condition) if self.condition else None
+        splits = split_trajectories(n_traj, self.split, self.seed)
+        self.fields = {name: _fields(ds, index) for name, index in splits.items()}
+        if self.normalizer.mean is None and len(splits["train"]):
+            self.normalizer.fit(ds["u"].values[splits["train"]], ds["v"].values[splits["train"]])
+            _check_spread(self.path, self.normalizer)
+        self.splits = splits
+
+    def dataset(self, name: str, stride: int = 1) -> WindowDataset:
+        """The windows of split ``name`` (train, val or test); random ones for training."""
+        random_window = name == "train" and self.random_window
+        args = (self.fields[name], self.splits[name], self.window, self.normalizer, self.cond)
+        return WindowDataset(*args, random_window=random_window, stride=stride)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("train"), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"), shuffle=False)
+
+    def test_windows(self, stride: int | None = None) -> dict[str, Tensor]:
+        """Every test window at starts ``0, stride, ...`` (default ``stride = window``:
+        the trajectories cut into consecutive windows), stacked.
+
+        Returns:
+            dict with ``x`` (M, 2 window, H, W) float32 in normalised units,
+            ``trajectory``, ``start`` (M,) long and ``time`` (M,) float64 (time of the
+            first frame), and ``cond`` (M, C_cond, H, W) when conditioned.
+        """
+        dataset = self.dataset("test", stride=stride or self.window)
+        items = [dataset[i] for i in range(len(dataset))]
+        if not items:
+            raise ValueError(f"{self.path}: the test split is empty")
+        windows = {key: torch.stack([item[key] for item in items]) for key in items[0]}
+        windows["time"] = torch.as_tensor(self.time[windows["start"].numpy()])
+        return windows
+
+    def _loader(self, dataset: WindowDataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+def _fields(ds: xr.Dataset, index: np.ndarray) -> Tensor:
+    """u and v of trajectories ``index``, shape (N, T, 2, H, W), float32, physical units."""
+    u, v = (ds[name].transpose("trajectory", "time", "y", "x").values[index] for name in ("u", "v"))
+    return torch.from_numpy(np.stack([u, v], axis=2).astype(np.float32, copy=False))
+
+
+def _check_spread(path: str, normalizer: Normalizer) -> None:
+    for name, std in zip(("u", "v"), normalizer.std.tolist()):
+        if not std > 0:
+            raise ValueError(f"{path}: variable '{name}' is constant on the training split (std 0)")

@@ -234,8 +234,10 @@ class Compose(Operator):
 def check_std(std: float | Tensor) -> None:
     """Refuse a non-positive or non-finite observation noise std."""
     value = torch.as_tensor(std)
-    if not torch.isfinite(value).all() or (value <= 0).any():
-        raise ValueError(f"observation noise std must be finite and > 0, got {std}")
+    bad = ~torch.isfinite(value) | (value <= 0)
+    if bad.any():
+        shown = value[bad].flatten()[0].item()
+        raise ValueError(f"observation noise std must be finite and > 0, got {shown} ({int(bad.sum())} of {value.numel()} values)")
 
 
 def observe(x: Tensor, op: Operator, std: float | Tensor, generator: torch.Generator | None = None) -> Tensor:

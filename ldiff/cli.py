@@ -1,0 +1,174 @@
+"""The ``ldiff`` command.
+
+::
+
+    ldiff fit      --config configs/prior/grf-tiny.yaml [--trainer.max_epochs 4 ...]
+    ldiff fit      --config configs/prior/grf-tiny.yaml --ckpt_path runs/grf-tiny/checkpoints/last.ckpt
+    ldiff validate --config configs/prior/grf-tiny.yaml --ckpt_path runs/grf-tiny/checkpoints/last.ckpt
+    ldiff data grf --output data/grf-tiny.nc [...]
+
+``fit``, ``validate`` and ``test`` run Lightning through ``LightningCLI`` with
+:class:`ldiff.lit.prior.ScorePrior` and :class:`ldiff.data.module.FieldDataModule`: the
+YAML chooses the network and the schedule by ``class_path``, and every key can be
+overridden on the command line. :func:`lightning_cli` builds the same CLI for any other
+LightningModule (inference adds ``predict`` by naming its module in
+:data:`LIGHTNING_COMMANDS`). Configs are YAML read with a safe loader, so a config never
+runs code (``!!python`` tags are refused), and checkpoints are read weights-only
+(:mod:`ldiff.lit.checkpoint`), the resume file included.
+
+Checkpoints go to ``<trainer.default_root_dir>/checkpoints/``: one every
+``checkpoint.every_n_epochs`` epochs and ``last.ckpt``, written atomically.
+
+Other commands are plain ``argparse`` sub-commands, each parser carrying ``func``.
+
+Errors in the input (``ValueError``, ``FileNotFoundError``, bad arguments or config keys,
+unknown class paths, trainer settings Lightning rejects) print one line, ``ldiff: error: <message>``, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from jsonargparse import ArgumentError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from ldiff.data.commands import add_data_commands
+from ldiff.data.module import FieldDataModule
+from ldiff.lit.checkpoint import SafeCheckpointIO, read_checkpoint
+
+LIGHTNING_COMMANDS: dict[str, str] = {
+    "fit": "ldiff.lit.prior.ScorePrior",
+    "validate": "ldiff.lit.prior.ScorePrior",
+    "test": "ldiff.lit.prior.ScorePrior",
+}
+"""Sub-commands run by LightningCLI, and the LightningModule each one runs."""
+
+OPTIONAL_DATA_COMMANDS = (
+    ("ldiff.data.kolmogorov", "add_kolmogorov_command"),
+    ("ldiff.data.cylinder", "add_cylinder_command"),
+)
+"""Generators that add ``ldiff data`` sub-commands, wired when their module has the hook."""
+
+
+class UsageError(ValueError):
+    """A bad command line or config, reported like any other input error."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``ldiff``; ``argv`` defaults to ``sys.argv[1:]``. Returns the exit status."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if args and args[0] in LIGHTNING_COMMANDS:
+            # LightningCLI reads sys.argv itself when given None (and warns when given both)
+            lightning_cli(_import(LIGHTNING_COMMANDS[args[0]]), args[0], None if argv is None else args)
+        else:
+            namespace = build_parser().parse_args(args)
+            namespace.func(namespace)
+    except (ValueError, FileNotFoundError, MisconfigurationException) as error:
+        print(f"ldiff: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (whitespace runs collapsed)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def lightning_cli(model_class: type, command: str, args: Sequence[str] | None) -> LdiffCLI:
+    """Run LightningCLI's sub-command ``command`` (``fit``, ``validate``, ``test``,
+    ``predict``) for ``model_class`` on :class:`FieldDataModule`, parsing ``args``
+    (``sys.argv[1:]`` when None, starting with ``command``); returns the finished CLI."""
+    return LdiffCLI(model_class, [command], args)
+
+
+class LdiffCLI(LightningCLI):
+    """LightningCLI for ``ldiff``: the sub-commands ``commands`` of ``model_class`` on
+    :class:`FieldDataModule`, a ``checkpoint`` group (``ModelCheckpoint``) whose directory
+    follows ``trainer.default_root_dir``, :class:`SafeCheckpointIO` for every checkpoint,
+    and parse errors raised as :class:`UsageError` rather than printed."""
+
+    def __init__(self, model_class: type, commands: Sequence[str], args: Sequence[str] | None):
+        self.commands = tuple(commands)
+        strict = {"exit_on_error": False}
+        super().__init__(
+            model_class,
+            FieldDataModule,
+            args=args,
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={**strict, **{name: strict for name in self.commands}},
+        )
+
+    def subcommands(self) -> dict[str, set[str]]:
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in self.commands}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str] | None) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            raise UsageError(str(error)) from None
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+        if ckpt_path and Path(ckpt_path).is_file():
+            # refuse a pickle before LightningCLI reads the file's hyperparameters
+            read_checkpoint(ckpt_path)
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        plugins = self.config_init[self.subcommand].trainer.plugins
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [] if plugins is None else [plugins]
+        return super().instantiate_trainer(plugins=[*plugins, SafeCheckpointIO()], **kwargs)
+
+
+def _import(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises :class:`UsageError` instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        command = self.prog.partition(" ")[2]  # "data grf" of "ldiff data grf"
+        raise UsageError(f"{command}: {message}" if command else message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``argparse`` parser of the non-Lightning commands."""
+    parser = _Parser(prog="ldiff", description="Diffusion priors for fluid fields and sparse reconstruction.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in LIGHTNING_COMMANDS:
+        commands.add_parser(name, add_help=False, help=f"LightningCLI: see `ldiff {name} --help`")
+    _add_data_commands(commands)
+    return parser
+
+
+def _add_data_commands(commands: argparse._SubParsersAction) -> None:
+    data_commands = add_data_commands(commands)
+    for module_name, hook in OPTIONAL_DATA_COMMANDS:
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        add: Callable | None = getattr(importlib.import_module(module_name), hook, None)
+        if add is not None:
+            add(data_commands)
+
+
+def checkpoint_dir(default_root_dir: str | None) -> str:
+    """Where checkpoints go: ``<default_root_dir>/checkpoints`` (the working directory
+    when ``default_root_dir`` is unset, as for Lightning's trainer)."""
+    return str(Path(default_root_dir or ".") / "checkpoints")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+r"""``ScorePrior``: trains an epsilon network as a diffusion prior (``ldiff fit``).
+
+The module owns only the training logic around two plain-PyTorch pieces it receives, an
+epsilon network and a VP schedule (chosen in YAML by ``class_path``):
+
+- **Loss.** Denoising score matching in epsilon form,
+  :math:`\mathcal{L} = \operatorname{mean}(\hat\varepsilon(\mu x + \sigma\varepsilon, t) - \varepsilon)^2`,
+  :math:`t \sim U(0, 1)` (:func:`ldiff.diffusion.denoise.epsilon_loss`).
+- **Optimiser.** AdamW (Loshchilov & Hutter 2019) with learning rate
+  :math:`\eta_k = \eta\, f(k / K)` at optimiser step :math:`k` of
+  :math:`K` = ``trainer.estimated_stepping_batches``:
+  ``cosine`` :math:`f(p) = \tfrac12 (1 + \cos \pi p)` (Loshchilov & Hutter 2017),
+  ``linear`` :math:`f(p) = 1 - p`, ``constant`` :math:`f(p) = 1`.
+- **Weight average.** ``net`` holds the exponential moving average of the trained weights
+  (:mod:`ldiff.lit.ema`), ``online`` the weights the optimiser steps. Validation and
+  every later use (sampling, ``load_prior``) read ``net``; the checkpoint's
+  ``state_dict`` holds both, ``net.*`` (the prior) and ``online.*`` (for exact resume).
+- **Validation loss** draws :math:`t` and :math:`\varepsilon` from a generator seeded by
+  the batch index, so ``val/loss`` compares across epochs: it changes only with the
+  weights.
+- **Checkpoint.** Besides Lightning's state, the checkpoint stores the data normaliser's
+  state (``checkpoint["normalizer"]``) and, as hyperparameters, the network's and the
+  schedule's ``class_path`` configs, plain data that :func:`ldiff.lit.checkpoint.load_prior`
+  rebuilds without unpickling anything.
+
+Gradient clipping and precision are trainer settings: ``trainer.gradient_clip_val`` in the
+YAML, and ``trainer.precision: bf16-mixed`` on a GPU, which runs the network under bf16
+autocast while weights, optimiser state, the EMA and the loss's ``t`` and
+:math:`\varepsilon` stay float32.
+
+References:
+    Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS 2020,
+    arXiv:2006.11239.
+    Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts",
+    ICLR 2017, arXiv:1608.03983; "Decoupled Weight Decay Regularization", ICLR 2019,
+    arXiv:1711.05101.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, get_args
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from ldiff.diffusion.denoise import epsilon_loss
+from ldiff.diffusion.schedules import CosineSchedule, Schedule
+from ldiff.lit.ema import averaged_copy, check_decay, update_average
+from ldiff.nets.unet import num_parameters
+
+LRSchedule = Literal["cosine", "linear", "constant"]
+LR_SCHEDULES = get_args(LRSchedule)
+
+VAL_SEED = 0
+"""Seed of the validation loss's generator; batch ``b`` uses ``VAL_SEED + b``."""
+
+
+def lr_factor(kind: str, step: int, total: float) -> float:
+    r"""The factor :math:`f(k/K)` on the base learning rate at optimiser step ``step`` of
+    ``total`` (see the module docstring); progress is clipped at 1."""
+    progress = min(step / total, 1.0)
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if kind == "linear":
+        return 1.0 - progress
+    return 1.0
+
+
+class ScorePrior(L.LightningModule):
+    """Diffusion-prior training of an epsilon network (see the module docstring).
+
+    Args:
+        net: epsilon model, ``net(x_t, t, cond) -> eps_hat`` on (B, C, H, W).
+        schedule: the VP schedule that defines ``x_t``.
+        lr: base learning rate of AdamW.
+        weight_decay: AdamW's decoupled weight decay.
+        lr_schedule: ``"cosine"``, ``"linear"`` or ``"constant"`` decay of the learning
+            rate over the run's optimiser steps.
+        ema_decay: decay of the weight average, in [0, 1).
+
+    Batches are dicts with ``x`` (B, C, H, W) in normalised units and optionally ``cond``
+    (B, C_cond, H, W).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        schedule: Schedule = CosineSchedule(eta=1e-3),
+        lr: float = 2e-4,
+        weight_decay: float = 1e-3,
+        lr_schedule: LRSchedule = "cosine",
+        ema_decay: float = 0.999,
+    ):
+        super().__init__()
+        if lr <= 0 or weight_decay < 0:
+            raise ValueError(f"ScorePrior: need lr > 0 and weight_decay >= 0, got {lr}, {weight_decay}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"ScorePrior: lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        self.save_hyperparameters()
+        self.online = net
+        self.net = averaged_copy(net)
+        self.schedule = schedule
+        self.lr, self.weight_decay, self.lr_schedule = lr, weight_decay, lr_schedule
+        self.ema_decay = check_decay(ema_decay)
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """The averaged network's epsilon: (B, C, H, W), (B,) -> (B, C, H, W)."""
+        return self.net(x_t, t, cond)
+
+    def setup(self, stage: str) -> None:
+        check_channels(self.online, self.trainer.datamodule)
+
+    def on_fit_start(self) -> None:
+        count = num_parameters(self.online)
+        rank_zero_info(f"ScorePrior: {type(self.online).__name__} with {count:,} parameters")
+        for logger in self.loggers:
+            logger.log_hyperparams({"parameters": count})
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        x = batch["x"]
+        loss = epsilon_loss(self.online, x, self.schedule, batch.get("cond"))
+        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.held_out_loss(batch, batch_idx)
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["x"].shape[0], sync_dist=True)
+        return loss
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.held_out_loss(batch, batch_idx)
+        self.log("test/loss", loss, batch_size=batch["x"].shape[0], sync_dist=True)
+        return loss
+
+    def held_out_loss(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """The averaged network's loss with ``t`` and ``eps`` drawn from a generator seeded
+        ``VAL_SEED + batch_idx``: a function of the weights and the batch only."""
+        x = batch["x"]
+        generator = torch.Generator(device=x.device).manual_seed(VAL_SEED + batch_idx)
+        return epsilon_loss(self.net, x, self.schedule, batch.get("cond"), generator=generator)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        update_average(self.net, self.online, self.ema_decay)
+
+    def configure_optimizers(self) -> dict:
+        optimizer = torch.optim.AdamW(self.online.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        total = self.trainer.estimated_stepping_batches
+        if self.lr_schedule != "constant" and not math.isfinite(total):
+            raise ValueError(
+                f"ScorePrior: lr_schedule {self.lr_schedule!r} needs a finite run: set trainer.max_epochs or trainer.max_steps"
+            )
+        kind = self.lr_schedule
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(kind, step, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        for key, value in checkpoint["hyper_parameters"].items():
+            if not is_plain(value):
+                raise ValueError(
+                    f"ScorePrior: hyperparameter '{key}' is a {type(value).__name__} object, not plain data; "
+                    "build ScorePrior from a class_path config (ldiff fit) so the checkpoint can rebuild it"
+                )
+        normalizer = getattr(self.trainer.datamodule, "normalizer", None)
+        if normalizer is None:
+            raise ValueError("ScorePrior: the data module has no normalizer to store in the checkpoint")
+        checkpoint["normalizer"] = normalizer.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        normalizer = getattr(self.trainer.datamodule, "normalizer", None)
+        if normalizer is not None and "normalizer" in checkpoint:
+            normalizer.load_state_dict(checkpoint["normalizer"])
+
+
+def check_channels(net: nn.Module, datamodule: Any) -> None:
+    """``ValueError`` naming both numbers when the network's ``in_channels`` or
+    ``cond_channels`` differ from the data module's ``channels`` or ``cond_channels``;
+    objects that do not declare them are not checked."""
+    pairs = (("in_channels", "channels"), ("cond_channels", "cond_channels"))
+    for net_key, data_key in pairs:
+        expected, given = getattr(net, net_key, None), getattr(datamodule, data_key, None)
+        if expected is not None and given is not None and expected != given:
+            raise ValueError(
+                f"network {net_key} {expected} vs data {data_key} {given} "
+                f"(2 channels per frame; data window {getattr(datamodule, 'window', '?')})"
+            )
+
+
+def is_plain(value: Any) -> bool:
+    """True for data that ``torch.load(weights_only=True)`` reads back: None, bool, int,
+    float, str, and lists, tuples and str-keyed dicts of them."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(is_plain(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and is_plain(v) for k, v in value.items())
+    return False

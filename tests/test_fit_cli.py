@@ -1,0 +1,160 @@
+"""``ldiff fit`` / ``validate`` end to end on a tiny GRF data set: checkpoints every epoch
+and ``last.ckpt``, exact resume, a reproducible validation loss, 2-process DDP, and
+one-line errors for bad input.
+
+Run sizes: 16 trajectories of 8 frames (16 x 16), split 12 / 2 / 2, window 2, batch 4:
+one random window per training trajectory per epoch gives ceil(12 / 4) = 3 steps.
+"""
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ldiff.cli import main
+from ldiff.data.grf import generate_grf
+from ldiff.data.module import FieldDataModule
+from ldiff.data.store import save
+from ldiff.lit.checkpoint import load_prior
+from ldiff.nets.unet import UNet, num_parameters
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "prior" / "grf-tiny.yaml"
+STEPS_PER_EPOCH = 3
+
+
+def run(*args: str) -> int:
+    with mock.patch.object(sys, "argv", ["ldiff"]):
+        return main(list(args))
+
+
+def fit_args(data: Path, root: Path, *extra: str) -> list[str]:
+    return ["--config", str(CONFIG), "--data.path", str(data), "--trainer.default_root_dir", str(root), *extra]
+
+
+def metrics(root: Path, version: int = 0) -> list[dict]:
+    with open(root / "lightning_logs" / f"version_{version}" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A 2-epoch fit; returns (data file, run directory)."""
+    tmp = tmp_path_factory.mktemp("fit")
+    data = save(generate_grf(16, 8, 16, seed=0), tmp / "grf.nc")
+    assert run("fit", *fit_args(data, tmp / "run", "--trainer.max_epochs", "2")) == 0
+    return data, tmp / "run"
+
+
+def test_fit_writes_a_checkpoint_every_epoch_and_last(fitted):
+    data, root = fitted
+    ckpts = root / "checkpoints"
+    assert sorted(os.listdir(ckpts)) == ["epoch=0-step=3.ckpt", "epoch=1-step=6.ckpt", "last.ckpt"]
+    first = torch.load(ckpts / "epoch=0-step=3.ckpt", weights_only=True)
+    last = torch.load(ckpts / "last.ckpt", weights_only=True)
+    assert (first["global_step"], last["global_step"]) == (STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH)
+    # cosine decay over 6 steps: after 3 the rate is lr (1 + cos(pi / 2)) / 2 = lr / 2
+    assert first["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.5, rel=1e-12)
+    # the normaliser of the training split, as the data module computes it
+    datamodule = FieldDataModule(str(data), window=2, batch_size=4, split=(0.75, 0.125, 0.125))
+    datamodule.setup("fit")
+    assert torch.equal(last["normalizer"]["mean"], datamodule.normalizer.mean)
+    assert torch.equal(last["normalizer"]["std"], datamodule.normalizer.std)
+    # the averaged weights are what load_prior returns
+    net, _, _, hparams = load_prior(ckpts / "last.ckpt")
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, last["state_dict"][f"net.{key}"])
+    assert not torch.equal(last["state_dict"]["net.lift.weight"], last["state_dict"]["online.lift.weight"])
+    # the parameter count logged at fit start
+    logged = yaml.safe_load((root / "lightning_logs" / "version_0" / "hparams.yaml").read_text())
+    assert logged["parameters"] == num_parameters(UNet(**hparams["net"]["init_args"])) == 17044
+
+
+def test_resume_continues_at_the_saved_step(fitted, tmp_path):
+    data, root = fitted
+    args = fit_args(data, tmp_path, "--trainer.max_epochs", "3", "--ckpt_path", str(root / "checkpoints" / "last.ckpt"))
+    assert run("fit", *args) == 0
+    resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    steps = 2 * STEPS_PER_EPOCH + STEPS_PER_EPOCH
+    assert resumed["global_step"] == steps and resumed["epoch"] == 2
+    # optimiser and scheduler state were restored, not restarted
+    assert all(state["step"].item() == steps for state in resumed["optimizer_states"][0]["state"].values())
+    assert resumed["lr_schedulers"][0]["last_epoch"] == steps
+    # the loss curve picks up at step 6, epoch 2
+    rows = [row for row in metrics(tmp_path) if row["train/loss"]]
+    assert [(int(row["epoch"]), int(row["step"])) for row in rows] == [(2, 6), (2, 7), (2, 8)]
+    assert all(math.isfinite(float(row["train/loss"])) for row in rows)
+
+
+def test_validate_reproduces_the_logged_validation_loss(fitted, tmp_path):
+    data, root = fitted
+    logged = [float(row["val/loss"]) for row in metrics(root) if row["val/loss"]]
+    assert len(logged) == 2
+    args = fit_args(data, tmp_path, "--ckpt_path", str(root / "checkpoints" / "last.ckpt"))
+    assert run("validate", *args) == 0
+    (row,) = [row for row in metrics(tmp_path) if row.get("val/loss")]
+    # same averaged weights, same windows, same seeded t and eps: the same number
+    assert float(row["val/loss"]) == pytest.approx(logged[-1], rel=1e-6)
+
+
+def test_two_process_ddp_fit_writes_a_checkpoint(fitted, tmp_path):
+    data, _ = fitted
+    args = fit_args(data, tmp_path, "--trainer.max_epochs", "1", "--trainer.devices", "2", "--trainer.strategy", "ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "ldiff.cli", "fit", *args], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    # 12 training windows shared by 2 ranks, batches of 4: ceil(6 / 4) = 2 steps
+    assert checkpoint["global_step"] == 2
+    load_prior(tmp_path / "checkpoints" / "last.ckpt")
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("ldiff: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_non_finite_training_data_is_one_line_error(fitted, tmp_path, capsys):
+    ds = generate_grf(16, 8, 16, seed=0)
+    ds["u"].values[3, 2, 5, 7] = np.nan
+    ds.to_netcdf(tmp_path / "nan.nc", engine="h5netcdf")  # store.save would refuse it
+    assert run("fit", *fit_args(tmp_path / "nan.nc", tmp_path)) == 2
+    line = error_line(capsys)
+    assert "nan.nc" in line and "'u' holds 1 NaN or Inf" in line
+
+
+def test_window_longer_than_the_trajectories_is_one_line_error(fitted, tmp_path, capsys):
+    data, _ = fitted
+    assert run("fit", *fit_args(data, tmp_path, "--data.window", "9", "--model.net.init_args.in_channels", "18")) == 2
+    assert error_line(capsys).endswith("window 9 is longer than the trajectories (8 frames)")
+
+
+def test_network_and_data_channels_must_agree(fitted, tmp_path, capsys):
+    data, _ = fitted
+    assert run("fit", *fit_args(data, tmp_path, "--data.window", "3")) == 2
+    assert "network in_channels 4 vs data channels 6" in error_line(capsys)
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ("class_path: ldiff.nets.unet.UNet", "class_path: ldiff.nets.unet.UNett", "'ldiff.nets.unet.UNett'"),
+    ("  lr: 0.001", "  lrr: 0.001", "model.lrr"),
+    ("  lr: 0.001", "  lr: !!python/object/apply:os.system ['touch {marker}']", "python/object/apply:os.system"),
+])  # fmt: skip
+def test_bad_configs_are_one_line_errors(tmp_path, capsys, old, new, expected):
+    marker = tmp_path / "pwned"
+    text = CONFIG.read_text()
+    assert old in text
+    (tmp_path / "bad.yaml").write_text(text.replace(old, new.format(marker=marker)))
+    assert run("fit", "--config", str(tmp_path / "bad.yaml"), "--data.path", str(tmp_path / "x.nc")) == 2
+    assert expected in error_line(capsys)
+    assert not marker.exists()

@@ -41,6 +41,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ldiff.data.commands import add_data_commands
+from ldiff.commands import add_balance_command, add_compare_command
 from ldiff.data.module import FieldDataModule
 from ldiff.lit.checkpoint import SafeCheckpointIO, read_checkpoint
 
@@ -48,6 +49,7 @@ LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "ldiff.lit.prior.ScorePrior",
     "validate": "ldiff.lit.prior.ScorePrior",
     "test": "ldiff.lit.prior.ScorePrior",
+    "predict": "ldiff.lit.inference.InferenceModule",
 }
 """Sub-commands run by LightningCLI, and the LightningModule each one runs."""
 
@@ -67,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         if args and args[0] in LIGHTNING_COMMANDS:
+            if args[0] == "predict":
+                args = prior_checkpoint_as_model_argument(args)
+                argv = args
             # LightningCLI reads sys.argv itself when given None (and warns when given both)
             lightning_cli(_import(LIGHTNING_COMMANDS[args[0]]), args[0], None if argv is None else args)
         else:
@@ -76,6 +81,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ldiff: error: {one_line(error)}", file=sys.stderr)
         return 2
     return 0
+
+
+def prior_checkpoint_as_model_argument(args: list[str]) -> list[str]:
+    """For ``predict``, ``--ckpt_path X`` names the *prior* (a ScorePrior checkpoint),
+    which the InferenceModule loads weights-only: pass it as ``--model.checkpoint X``
+    instead of letting Lightning restore it into the InferenceModule."""
+    out = []
+    items = iter(args)
+    for arg in items:
+        if arg == "--ckpt_path":
+            out += ["--model.checkpoint", next(items, "")]
+        elif arg.startswith("--ckpt_path="):
+            out.append("--model.checkpoint=" + arg.partition("=")[2])
+        else:
+            out.append(arg)
+    return out
 
 
 def one_line(error: BaseException) -> str:
@@ -125,6 +146,14 @@ class LdiffCLI(LightningCLI):
             # refuse a pickle before LightningCLI reads the file's hyperparameters
             read_checkpoint(ckpt_path)
 
+    def predict(self, model, datamodule=None, return_predictions=None, ckpt_path=None, **kwargs) -> None:
+        """``trainer.predict`` of the InferenceModule on the data's test windows, in the
+        prior's normalisation and on the data's grid (for vorticity metrics)."""
+        datamodule.normalizer.load_state_dict(model.normalizer_state)
+        datamodule.setup("predict")
+        model.grid = (float(datamodule.attrs["dx"]), float(datamodule.attrs["dy"]), bool(int(datamodule.attrs["periodic"])))
+        self.trainer.predict(model, datamodule=datamodule, return_predictions=False)
+
     def instantiate_trainer(self, **kwargs) -> Trainer:
         plugins = self.config_init[self.subcommand].trainer.plugins
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [] if plugins is None else [plugins]
@@ -151,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in LIGHTNING_COMMANDS:
         commands.add_parser(name, add_help=False, help=f"LightningCLI: see `ldiff {name} --help`")
     _add_data_commands(commands)
+    add_balance_command(commands)
+    add_compare_command(commands)
     return parser
 
 

@@ -179,6 +179,8 @@ class FieldRMSE(FieldMetric):
     def update(self, x: Tensor, truth: Tensor, valid: Tensor | None = None) -> None:
         _check_pair(x, truth)
         keep = self._keep(valid, x)
+        if not keep.any():  # nothing to score; counted in `excluded`
+            return
         error = _points((x[keep] - truth[keep]).double(), self.mask)
         reference = _points(truth[keep].double(), self.mask)
         self.sse += error.unflatten(1, (-1, 2)).square().sum(dim=(0, 1, 3))
@@ -235,6 +237,8 @@ class VorticityError(FieldMetric):
     def update(self, x: Tensor, truth: Tensor, valid: Tensor | None = None) -> None:
         _check_pair(x, truth)
         keep = self._keep(valid, x)
+        if not keep.any():  # nothing to score; counted in `excluded`
+            return
         a, b = (
             _points(vorticity(_rescale(f[keep].double(), self.scale), self.dx, self.dy, self.periodic), self.mask)
             for f in (x, truth)
@@ -296,6 +300,8 @@ class SpectrumLogError(FieldMetric):
         _check_pair(x, truth)
         _check_mask(self.mask, x.shape)
         keep = self._keep(valid, x)
+        if not keep.any():  # nothing to score; counted in `excluded`
+            return
         weight = 1.0 if self.mask is None else self.mask.double()
         log_spectra = [
             energy_spectrum(_rescale(f[keep].double(), self.scale) * weight, self.dx, self.dy)[1]
@@ -336,6 +342,8 @@ class ResidualRatio(FieldMetric):
         if ax.shape != y.shape:
             raise ValueError(f"y: shape {tuple(y.shape)} does not match A x {tuple(ax.shape)}")
         keep = self._keep(valid, ax)
+        if not keep.any():  # nothing to score; counted in `excluded`
+            return
         standardised = (ax - y).double() / torch.as_tensor(std, dtype=torch.float64, device=ax.device).expand_as(y)
         self.sum_sq += standardised[keep].square().sum()
         self.count += standardised[keep].numel()
@@ -360,6 +368,8 @@ class EnergyRatio(FieldMetric):
     def update(self, x: Tensor, truth: Tensor, valid: Tensor | None = None) -> None:
         _check_pair(x, truth)
         keep = self._keep(valid, x)
+        if not keep.any():  # nothing to score; counted in `excluded`
+            return
         ratio = spatial_std(x[keep].double(), self.mask) / spatial_std(truth[keep].double(), self.mask)
         self.sum_ratio += ratio.sum()
         self.count += ratio.numel()
@@ -401,6 +411,8 @@ class CRPS(FieldMetric):
     def update(self, samples: Tensor, truth: Tensor, valid: Tensor | None = None) -> None:
         _check_ensemble(samples, truth)
         keep = self._keep(valid, samples)
+        if not keep.any():  # nothing to score; counted in `excluded`
+            return
         members = _points(samples[keep].double(), self.mask)
         target = _points(truth[keep].double(), self.mask)
         k = members.shape[1]
@@ -442,6 +454,8 @@ class SpreadSkill(FieldMetric):
     def update(self, samples: Tensor, truth: Tensor, valid: Tensor | None = None) -> None:
         _check_ensemble(samples, truth)
         keep = self._keep(valid, samples)
+        if not keep.any():  # nothing to score; counted in `excluded`
+            return
         members = _points(samples[keep].double(), self.mask)
         target = _points(truth[keep].double(), self.mask)
         k = members.shape[1]

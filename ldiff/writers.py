@@ -79,8 +79,8 @@ class ReconstructionWriter(BasePredictionWriter):
         output: path of the merged NetCDF file.
         attrs: attributes for the merged file (config, provenance); values that are
             not numbers or strings are stored as JSON.
-        finalize: optional ``finalize(ds) -> ds`` run on rank 0 before writing (for
-            example to add metrics).
+        finalize: optional ``finalize(ds) -> ds`` run on rank 0 before writing; by
+            default the module's ``score(ds)`` where it has one (metrics as attributes).
     """
 
     def __init__(self, output: str, attrs: dict[str, Any] | None = None, finalize: Callable[[xr.Dataset], xr.Dataset] | None = None):
@@ -112,6 +112,8 @@ class ReconstructionWriter(BasePredictionWriter):
             merged.attrs.update({k: v if isinstance(v, (int, float, str)) else json.dumps(v, default=str) for k, v in self.attrs.items()})
             if self.finalize is not None:
                 merged = self.finalize(merged)
+            elif hasattr(pl_module, "score"):
+                merged = pl_module.score(merged)
             atomic_write(merged, self.output)
             for shard in shards:
                 shard.unlink()

@@ -294,3 +294,22 @@ def test_checkpoint_carries_the_training_statistics_to_an_evaluation_store(tmp_p
     assert x.shape == (6, 2, 4, 4)
     assert torch.equal(x[:, 0], torch.full((6, 4, 4), -1.0))  # (1 - 3) / 2
     assert torch.equal(x[:, 1], torch.full((6, 4, 4), 4.0))  # (1 + 1) / 0.5
+
+
+def test_merge_stacks_trajectories_and_refuses_other_grids(tmp_path):
+    from ldiff.cli import main
+    from ldiff.data.grf import generate_grf
+    from ldiff.data.store import load, save
+
+    a, b, other = tmp_path / "a.nc", tmp_path / "b.nc", tmp_path / "other.nc"
+    save(generate_grf(2, 3, 8, 0), a)
+    save(generate_grf(1, 3, 8, 1), b)
+    save(generate_grf(1, 3, 16, 1), other)
+    assert main(["data", "merge", str(a), str(b), "-o", str(tmp_path / "ab.nc")]) == 0
+    merged = load(tmp_path / "ab.nc")
+    assert merged.sizes["trajectory"] == 3
+    np.testing.assert_array_equal(merged["u"].values[:2], load(a)["u"].values)
+    np.testing.assert_array_equal(merged["u"].values[2:], load(b)["u"].values)
+    assert merged["trajectory"].values.tolist() == [0, 1, 2]
+    assert main(["data", "merge", str(a), str(other), "-o", str(tmp_path / "bad.nc")]) == 2
+    assert not (tmp_path / "bad.nc").exists()

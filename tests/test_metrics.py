@@ -265,3 +265,15 @@ def test_bad_input_names_the_argument():
         CRPS().update(X[:, None], TRUTH)
     with pytest.raises(ValueError, match="scale"):
         FieldRMSE(scale=torch.tensor([1.0, 0.0]))
+
+
+def test_a_batch_with_every_sample_excluded_only_counts_them():
+    from ldiff.metrics import EnergyRatio, FieldRMSE, SpectrumLogError, VorticityError
+
+    x = torch.randn(2, 2, 16, 16)
+    none = torch.tensor([False, False])
+    for metric in (FieldRMSE(), VorticityError(1.0, 1.0, True), SpectrumLogError(1.0, 1.0), EnergyRatio()):
+        metric.update(x, x, none)
+        result = metric.compute()
+        assert int(result["excluded"]) == 2
+        assert all(torch.isnan(v) for k, v in result.items() if k != "excluded")

@@ -13,7 +13,7 @@ import math
 from ldiff.data.grf import generate_grf
 from ldiff.data.ibpm import read_ibpm_dir
 from ldiff.data.sda import CANONICAL, read_sda_h5
-from ldiff.data.store import save
+from ldiff.data.store import concat, save
 
 
 def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
@@ -53,6 +53,11 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse._SubPa
     grf.add_argument("--rho", type=float, default=0.9, help="frame-to-frame correlation (default 0.9)")
     _add_output(grf)
     grf.set_defaults(func=_grf)
+
+    merge = commands.add_parser("merge", help="stack the trajectories of several stores of the same grid")
+    merge.add_argument("files", nargs="+", help="store files, in order")
+    _add_output(merge)
+    merge.set_defaults(func=_merge)
     return commands
 
 
@@ -72,3 +77,7 @@ def _import_sda(args: argparse.Namespace) -> None:
 def _grf(args: argparse.Namespace) -> None:
     ds = generate_grf(args.trajectories, args.frames, args.size, args.seed, alpha=args.alpha, rho=args.rho)
     print(save(ds, args.output))
+
+
+def _merge(args: argparse.Namespace) -> None:
+    print(save(concat(args.files), args.output))

@@ -36,6 +36,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ldiff.data.conditions import build_conditions
+from ldiff.data.items import IndexedFields
 from ldiff.data.store import load
 
 SPLITS = ("train", "val", "test")
@@ -251,6 +252,12 @@ class FieldDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("test"), shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test windows (:meth:`test_windows`) as items with a stable ``index``, for
+        reconstruction with ``trainer.predict``."""
+        windows = self.test_windows()
+        return DataLoader(IndexedFields(windows["x"], windows.get("cond")), batch_size=self.batch_size, num_workers=self.num_workers)
 
     def test_windows(self, stride: int | None = None) -> dict[str, Tensor]:
         """Every test window at starts ``0, stride, ...`` (default ``stride = window``:

@@ -119,3 +119,33 @@ def load(path: str | os.PathLike) -> xr.Dataset:
         raise ValueError(f"{path}: not a readable NetCDF4 file ({type(error).__name__}: {error})") from None
     validate(ds, path)
     return ds
+
+
+def concat(paths: list[str | os.PathLike]) -> xr.Dataset:
+    """Stores of the same flow and grid, their trajectories stacked in order.
+
+    For data generated in parallel runs (for example one seed per process). Attributes
+    are the first file's, with ``source`` listing every file and per-file ``seed`` values
+    joined.
+
+    Raises:
+        ValueError: naming the first file whose grid, times or physics differ.
+    """
+    if not paths:
+        raise ValueError("concat: no store files given")
+    stores = [load(path) for path in paths]
+    first = stores[0]
+    for path, ds in zip(paths[1:], stores[1:]):
+        for coord in ("time", "y", "x"):
+            if ds.sizes[coord] != first.sizes[coord] or not np.allclose(ds[coord].values, first[coord].values):
+                raise ValueError(f"{path}: coordinate '{coord}' differs from {paths[0]}")
+        for key in ("flow", "dt", "dx", "dy", "periodic"):
+            if ds.attrs.get(key) != first.attrs.get(key):
+                raise ValueError(f"{path}: attribute '{key}' is {ds.attrs.get(key)!r}, {paths[0]} has {first.attrs.get(key)!r}")
+    merged = xr.concat(stores, dim="trajectory", data_vars="minimal", coords="minimal", compat="override", join="override")
+    merged = merged.assign_coords(trajectory=np.arange(merged.sizes["trajectory"]))
+    merged.attrs = dict(first.attrs)
+    merged.attrs["source"] = "; ".join(f"{p}: {ds.attrs.get('source')}" for p, ds in zip(paths, stores))
+    if all("seed" in ds.attrs for ds in stores):
+        merged.attrs["seed"] = ",".join(str(ds.attrs["seed"]) for ds in stores)
+    return merged

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+import xarray as xr
 from torch import Tensor, nn
 
 from ldiff.diffusion.denoise import Denoiser
 from ldiff.diffusion.sampler import PredictorCorrector
 from ldiff.diffusion.schedules import Schedule
+from ldiff.evaluate import attach, evaluate
 from ldiff.guidance.base import Diagnostics, Observation, Strategy
 from ldiff.metrics import DIVERGED, regime, spatial_std
 from ldiff.observe import Operator, check_std
@@ -102,17 +104,26 @@ class InferenceModule(L.LightningModule):
         self.prior: nn.Module | None = None
         self.schedule: Schedule | None = None
         self.normalizer_state: dict[str, Tensor] | None = None
+        self.grid: tuple[float, float, bool] | None = None  # (dx, dy, periodic) of the data, for scoring
         if checkpoint is not None:
             from ldiff.lit.checkpoint import load_prior
 
-            loaded = load_prior(checkpoint)
-            self.attach_prior(loaded.model, loaded.schedule, loaded.normalizer)
+            net, schedule, normalizer, _ = load_prior(checkpoint)
+            self.attach_prior(net, schedule, normalizer)
 
     def attach_prior(self, model: nn.Module, schedule: Schedule, normalizer: dict[str, Tensor] | None = None) -> None:
         """Use ``model`` (an epsilon model) trained with ``schedule`` as the prior."""
         self.prior = model.eval().requires_grad_(False)
         self.schedule = schedule
         self.normalizer_state = normalizer
+
+    def score(self, ds: xr.Dataset) -> xr.Dataset:
+        """Attach the metrics of a merged prediction file (:func:`ldiff.evaluate.evaluate`)
+        as ``metric_*`` attributes; unchanged without truth or without :attr:`grid`."""
+        if self.grid is None or "truth" not in ds:
+            return ds
+        scale = None if self.normalizer_state is None else torch.as_tensor(self.normalizer_state["std"], dtype=torch.float64)
+        return attach(ds, evaluate(ds, self.operator, self.std, *self.grid, scale=scale))
 
     def sampler(self) -> PredictorCorrector:
         return PredictorCorrector(self.schedule, self.steps, self.corrections, self.tau)

@@ -1,0 +1,78 @@
+"""``ldiff balance`` and ``ldiff compare``: argparse glue around :mod:`ldiff.balance`
+and :mod:`ldiff.compare`, printing tables with rich."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from rich.console import Console
+from rich.table import Table
+
+from ldiff.diffusion.schedules import CosineSchedule, LinearBetaSchedule
+
+SCHEDULES = {"cosine": CosineSchedule, "linear-beta": LinearBetaSchedule}
+
+
+def add_balance_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "balance",
+        help="tabulate the likelihood strength N/var over N and t (the seed's analysis)",
+        description="Tabulate sigma/mu, the gamma share of SDA's variance and the likelihood "
+        "strength N/var relative to N_ref under no, std and dual scaling.",
+    )
+    parser.add_argument("--schedule", choices=sorted(SCHEDULES), default="cosine")
+    parser.add_argument("--eta", type=float, default=1e-3, help="cosine schedule floor (SDA 1e-3; the user's runs 1e-2)")
+    parser.add_argument("--std", type=float, default=0.1, help="observation noise std at N_ref")
+    parser.add_argument("--gamma", type=float, default=1e-2)
+    parser.add_argument("--n-obs", type=int, nargs="+", default=[640_000, 160_000, 40_000, 10_400], help="observation counts (default: IBPM at strides 2, 4, 8, 16)")
+    parser.add_argument("--n-ref", type=int, default=160_000)
+    parser.add_argument("--t", type=float, nargs="+", default=[0.01, 0.1, 0.2, 0.5, 0.9])
+    parser.set_defaults(func=run_balance)
+    return parser
+
+
+def run_balance(args: argparse.Namespace) -> None:
+    from ldiff.balance import balance_table
+
+    schedule = CosineSchedule(args.eta) if args.schedule == "cosine" else LinearBetaSchedule()
+    rows = balance_table(schedule, args.std, args.gamma, args.n_obs, args.n_ref, args.t)
+    table = Table(
+        title=f"{schedule!r}, std={args.std}, gamma={args.gamma}, N_ref={args.n_ref:,}",
+        caption="strength = (N/var) / (N_ref/var_ref) with no scaling, std scaled by sqrt(r), "
+        "and std by sqrt(r) with gamma by r (r = N/N_ref); share = gamma term / var, std scaled",
+    )
+    for column in ("t", "σ/μ", "γ(σ/μ)²", "N", "share", "none", "std", "dual"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(
+            f"{row.t:g}", f"{row.snr_inv:.3g}", f"{row.gamma_term:.3g}", f"{row.n_obs:,}",
+            f"{100 * row.gamma_share_std_scaled:.1f}%", f"{row.strength_none:.3g}", f"{row.strength_std:.2f}", f"{row.strength_dual:.2f}",
+        )
+    Console().print(table)
+
+
+def add_compare_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("compare", help="sweep guidance strategies x observation operators with one prior")
+    parser.add_argument("--config", required=True, help="compare config (configs/compare/*.yaml)")
+    parser.add_argument("--output", help="run directory (overrides the config's output)")
+    parser.set_defaults(func=run_compare)
+    return parser
+
+
+def print_rows(rows: list[dict], title: str) -> None:
+    """The comparison table on the terminal."""
+    table = Table(title=title)
+    columns = ("strategy", "operator", "n_obs", "rmse_mean", "vorticity_corr_mean", "residual_ratio", "energy_ratio", "balanced", "flat", "diverged", "seconds")
+    for column in columns:
+        table.add_column(column.replace("_", " "), justify="right")
+    for row in rows:
+        table.add_row(*[f"{row[c]:.3f}" if isinstance(row[c], float) and not math.isnan(row[c]) else str(row[c]) for c in columns])
+    Console().print(table)
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    from ldiff.compare import run
+
+    rows = run(args.config, output=args.output)
+    print_rows(rows, f"ldiff compare {args.config}")

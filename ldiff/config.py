@@ -1,0 +1,74 @@
+"""YAML configs that select classes by ``class_path`` without executing code.
+
+A config file is parsed with ``yaml.safe_load`` (no Python tags, no code), and a
+``class_path`` may only name a class inside the ``ldiff`` package: a config file is
+data, so it can never make ``ldiff`` import or run someone else's module.
+
+A component is written as in LightningCLI::
+
+    class_path: ldiff.observe.Subsample
+    init_args: {stride: 4}
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ALLOWED_PREFIX = "ldiff."
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse a YAML mapping safely; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def check_keys(section: dict[str, Any], allowed: set[str], where: str) -> None:
+    """Refuse keys outside ``allowed``, naming the first one and ``where`` it stands."""
+    unknown = sorted(set(section) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown key '{unknown[0]}' (expected one of {', '.join(sorted(allowed))})")
+
+
+def resolve_class(class_path: str, where: str) -> type:
+    """Import ``class_path`` if it lies inside ``ldiff``."""
+    if not isinstance(class_path, str) or not class_path.startswith(ALLOWED_PREFIX):
+        raise ValueError(f"{where}: class_path {class_path!r} is not inside the ldiff package")
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        raise ValueError(f"{where}: class_path {class_path!r} does not exist") from None
+    if not inspect.isclass(cls):
+        raise ValueError(f"{where}: {class_path!r} is not a class")
+    return cls
+
+
+def instantiate(spec: dict[str, Any], where: str, **extra: Any) -> Any:
+    """Build ``class_path(**init_args, **extra)``; a bad argument names ``where``."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: expected a mapping with class_path and init_args")
+    check_keys(spec, {"class_path", "init_args"}, where)
+    cls = resolve_class(spec.get("class_path"), where)
+    init_args = dict(spec.get("init_args") or {})
+    accepted = inspect.signature(cls).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
+        check_keys(init_args, set(accepted) - set(extra), f"{where}.init_args")
+    try:
+        return cls(**init_args, **extra)
+    except TypeError as error:
+        raise ValueError(f"{where}: {error}") from None

@@ -1,0 +1,138 @@
+"""Run directories, provenance and Weights & Biases logging with a local mirror.
+
+Every run directory holds what the run logged, readable without W&B:
+
+- ``provenance.json``: the resolved config, git commit and whether the tree was dirty,
+  package versions, host, device, and SHA-256 checksums of the data and checkpoint;
+- ``tables/<name>.csv`` and ``tables/<name>.json``: every table logged;
+- ``figures/<name>.png``: every figure logged;
+- ``wandb/``: the W&B run (offline by default: no account, no network; set
+  ``mode: online`` after ``wandb login`` to sync to a dashboard).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PACKAGES = ("ldiff", "torch", "lightning", "torchmetrics", "wandb", "numpy", "xarray", "h5netcdf")
+
+
+def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_state(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The commit of the source tree and whether it has uncommitted changes."""
+    cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def provenance(config: dict[str, Any], files: dict[str, str | os.PathLike]) -> dict[str, Any]:
+    """Everything needed to know how a run was made (see the module docstring)."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "config": config,
+        "git": git_state(),
+        "packages": versions,
+        "python": platform.python_version(),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
+        "checksums": {name: sha256(path) for name, path in files.items() if path and Path(path).is_file()},
+    }
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+class RunLog:
+    """Log tables, figures and curves to W&B and mirror them into ``directory``.
+
+    Args:
+        directory: the run directory.
+        project: W&B project name.
+        mode: ``offline`` (default: writes ``directory/wandb/offline-run-*``),
+            ``online`` or ``disabled``.
+        config: the resolved config, logged to W&B.
+        name: the W&B run name.
+    """
+
+    def __init__(self, directory: str | os.PathLike, project: str = "ldiff", mode: str = "offline", config: dict | None = None, name: str | None = None):
+        if mode not in ("offline", "online", "disabled"):
+            raise ValueError(f"wandb mode must be offline, online or disabled, got {mode!r}")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.run = None
+        if mode != "disabled":
+            import wandb
+
+            self.run = wandb.init(project=project, mode=mode, dir=str(self.directory), config=config or {}, name=name, reinit="create_new")
+
+    def table(self, name: str, rows: list[dict[str, Any]]) -> Path:
+        """Log a table of rows (dicts with the same keys); returns the CSV path."""
+        columns = list(rows[0]) if rows else []
+        path = self.directory / "tables" / f"{name}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        write_json(path.with_suffix(".json"), rows)
+        if self.run is not None:
+            import wandb
+
+            self.run.log({name: wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])})
+        return path
+
+    def figure(self, name: str, figure) -> Path:
+        """Log a matplotlib figure; saved as ``figures/<name>.png``."""
+        path = self.directory / "figures" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        if self.run is not None:
+            import wandb
+
+            self.run.log({name: wandb.Image(str(path))})
+        return path
+
+    def summary(self, values: dict[str, Any]) -> None:
+        """Set W&B summary values and mirror them in ``summary.json``."""
+        write_json(self.directory / "summary.json", values)
+        if self.run is not None:
+            self.run.summary.update(values)
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None

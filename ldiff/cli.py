@@ -38,7 +38,7 @@ from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from ldiff.data.commands import add_data_commands
 from ldiff.commands import add_balance_command, add_compare_command
@@ -125,6 +125,9 @@ class LdiffCLI(LightningCLI):
             FieldDataModule,
             args=args,
             auto_configure_optimizers=False,
+            # fit saves its resolved config beside the checkpoints; predict has no log
+            # directory (logger off), so it would write config.yaml into the working dir
+            save_config_callback=None if "predict" in self.commands else SaveConfigCallback,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={**strict, **{name: strict for name in self.commands}},
         )

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from ldiff.config import load_yaml
 from ldiff.diffusion.schedules import CosineSchedule, LinearBetaSchedule
 
 SCHEDULES = {"cosine": CosineSchedule, "linear-beta": LinearBetaSchedule}
@@ -56,6 +58,7 @@ def add_compare_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser = subparsers.add_parser("compare", help="sweep guidance strategies x observation operators with one prior")
     parser.add_argument("--config", required=True, help="compare config (configs/compare/*.yaml)")
     parser.add_argument("--output", help="run directory (overrides the config's output)")
+    parser.add_argument("--quick", action="store_true", help="test mode: 1 item, 2 samples, 4 sampler steps")
     parser.set_defaults(func=run_compare)
     return parser
 
@@ -74,5 +77,7 @@ def print_rows(rows: list[dict], title: str) -> None:
 def run_compare(args: argparse.Namespace) -> None:
     from ldiff.compare import run
 
-    rows = run(args.config, output=args.output)
+    rows = run(args.config, output=args.output, quick=args.quick)
     print_rows(rows, f"ldiff compare {args.config}")
+    out = Path(args.output or load_yaml(args.config).get("output", "runs/compare"))
+    print(f"table: {out / 'tables' / 'summary.csv'}\nfigures: {out / 'figures'}\npredictions: {out / 'predictions'}\nW&B (offline): {out / 'wandb'}  (sync with `wandb sync`)")

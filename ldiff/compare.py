@@ -26,7 +26,7 @@ Config keys (YAML, parsed safely; unknown keys are refused by name)::
     guard: {data_range: 5.0, diverge_factor: 10.0, flat_fraction: 0.2}
     operators: {sub2: {class_path: ldiff.observe.Subsample, init_args: {stride: 2}}, ...}
     strategies: {dps-sum: {class_path: ldiff.guidance.dps_sum.DPSSum, init_args: {gamma: 0.01}}, ...}
-    baseline: true
+    baseline: true            # or a GaussianPrior file (GaussianPrior.save)
     output: runs/compare
     wandb: {mode: offline, project: ldiff}
     trainer: {accelerator: cpu, devices: 1}
@@ -82,20 +82,33 @@ def read_config(path: str) -> dict[str, Any]:
     return cfg
 
 
-def gaussian_baseline(train_path: str, window: int, normalizer: dict, schedule) -> ExactGaussian:
-    """The exact-Gaussian strategy with a prior fitted to every window of the train store."""
+def gaussian_baseline(baseline: bool | str, train_path: str | None, window: int, normalizer: dict, schedule) -> ExactGaussian | None:
+    """The exact-Gaussian strategy: ``baseline`` is a saved :class:`GaussianPrior` file,
+    or ``true`` to fit one to every window of the train store (normalised units)."""
+    if isinstance(baseline, str):
+        return ExactGaussian(GaussianPrior.load(baseline, schedule))
+    if not baseline or train_path is None:
+        return None
     data = FieldDataModule(train_path, window=window, split=(0.0, 0.0, 1.0))
     data.normalizer.load_state_dict(normalizer)
     data.setup()
-    fields = data.test_windows()["x"]
-    return ExactGaussian(GaussianPrior.fit(fields, schedule))
+    return ExactGaussian(GaussianPrior.fit(data.test_windows()["x"], schedule))
 
 
-def run(config_path: str, output: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Run the comparison of ``config_path`` (into ``output`` if given); returns the summary rows."""
+QUICK = {"items": 1, "samples": 2, "steps": 4}
+"""The test mode (``--quick``): the same sweep with one item, two samples, four steps."""
+
+
+def run(config_path: str, output: str | None = None, quick: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+    """Run the comparison of ``config_path`` (into ``output`` if given; in test mode,
+    :data:`QUICK`, if ``quick``); returns the summary rows."""
     cfg = read_config(config_path)
     if output is not None:
         cfg["output"] = output
+    if quick:
+        cfg["data"]["items"] = QUICK["items"]
+        cfg["samples"] = min(int(cfg.get("samples", 1)), QUICK["samples"])
+        cfg["sampler"] = {**(cfg.get("sampler") or {}), "steps": QUICK["steps"]}
     out_dir = Path(cfg["output"])
     net, schedule, normalizer, hparams = load_prior(cfg["checkpoint"])
     window = net.in_channels // 2 if hasattr(net, "in_channels") else 1
@@ -111,8 +124,9 @@ def run(config_path: str, output: str | None = None, progress: bool = True) -> l
     dx, dy, periodic = float(attrs["dx"]), float(attrs["dy"]), bool(int(attrs["periodic"]))
 
     strategies = {name: instantiate(spec, f"{config_path}: strategies.{name}") for name, spec in cfg["strategies"].items()}
-    if cfg.get("baseline") and "train" in data_cfg:
-        strategies["exact-gaussian"] = gaussian_baseline(data_cfg["train"], window, normalizer, schedule)
+    baseline = gaussian_baseline(cfg.get("baseline", False), data_cfg.get("train"), window, normalizer, schedule)
+    if baseline is not None:
+        strategies["exact-gaussian"] = baseline
     operators = {name: instantiate(spec, f"{config_path}: operators.{name}") for name, spec in cfg["operators"].items()}
     std = float(cfg.get("std", 0.1))
     sampler = {"steps": 64, "corrections": 0, "tau": 1.0, **(cfg.get("sampler") or {})}

@@ -134,3 +134,16 @@ def test_bad_input_is_refused():
     prior = power_law_prior(CosineSchedule(), size=6)
     with pytest.raises(ValueError, match="std"):
         prior.posterior_mean(torch.zeros(1, 2, 3, 3), Subsample(2), 0.0)
+
+
+def test_save_and_load_round_trip_and_refuse_other_files(tmp_path):
+    prior = power_law_prior(CosineSchedule(), size=6)
+    prior.save(tmp_path / "g.pt")
+    loaded = GaussianPrior.load(tmp_path / "g.pt", CosineSchedule())
+    torch.testing.assert_close(loaded.power, prior.power)
+    torch.testing.assert_close(loaded.mean, prior.mean)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: not a Gaussian prior file"):
+        GaussianPrior.load(tmp_path / "other.pt", CosineSchedule())
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        GaussianPrior.load(tmp_path / "missing.pt", CosineSchedule())

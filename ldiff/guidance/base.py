@@ -24,6 +24,7 @@ the equivalent change of the state), their ``ratio``, ``gamma_share`` (the share
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -103,6 +104,42 @@ class Diagnostics:
 def norm(x: Tensor) -> Tensor:
     """Per-sample Euclidean norm, shape (B,)."""
     return x.flatten(1).norm(dim=1)
+
+
+def record(
+    diagnostics: Diagnostics | None,
+    t: Tensor,
+    eps_hat: Tensor,
+    correction: Tensor,
+    gamma_share: Tensor | None = None,
+    **extra: Tensor,
+) -> None:
+    r"""Record :math:`\|\hat\varepsilon\|`, :math:`\|\sigma g\|`, their ratio, the mean
+    :math:`\gamma` share over the observations (NaN if ``None``; else broadcastable against
+    ``y``, as from :func:`sda_variance`) and whether the correction holds NaN/Inf, all per
+    sample (shape (B,)), plus any ``extra`` per-sample values. Does nothing without
+    ``diagnostics``."""
+    if diagnostics is None:
+        return
+    batch = eps_hat.shape[0]
+    if gamma_share is None:
+        share = eps_hat.new_full((batch,), math.nan)
+    else:
+        # Broadcast dims replicate uniformly, so the mean over the stored entries is the
+        # mean over the observations.
+        share = gamma_share.reshape(gamma_share.shape[0], -1).mean(dim=1) if gamma_share.dim() else gamma_share
+        share = share.expand(batch)
+    eps_norm = norm(eps_hat)
+    correction_norm = norm(correction)
+    diagnostics.record(
+        t,
+        eps_norm=eps_norm,
+        correction_norm=correction_norm,
+        ratio=correction_norm / eps_norm,
+        gamma_share=share,
+        nonfinite=(~torch.isfinite(correction)).flatten(1).any(dim=1).float(),
+        **extra,
+    )
 
 
 class Strategy:

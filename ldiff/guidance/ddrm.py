@@ -62,7 +62,7 @@ from torch import Tensor
 
 from ldiff.diffusion.denoise import Denoiser
 from ldiff.diffusion.sampler import PredictorCorrector, StepCallback
-from ldiff.guidance.base import Diagnostics, Observation, Strategy, norm
+from ldiff.guidance.base import Diagnostics, Observation, Strategy, record
 
 
 class SpectralSplit:
@@ -175,16 +175,7 @@ class DDRM(Strategy):
             x_bar_s, prior = self.transition(spectral, x_hat, eps_hat, z, (sigma_s / mu_s).flatten())
             x_prev, x = x, mu_s * x_bar_s
             if diagnostics is not None:
-                correction = (x_bar_s - prior) / (sigma_t / mu_t)
-                eps_norm, correction_norm = norm(eps_hat), norm(correction)
-                diagnostics.record(
-                    t,
-                    eps_norm=eps_norm,
-                    correction_norm=correction_norm,
-                    ratio=correction_norm / eps_norm,
-                    gamma_share=torch.full_like(eps_norm, float("nan")),
-                    nonfinite=(~torch.isfinite(correction.flatten(1))).any(dim=1).float(),
-                )
+                record(diagnostics, t, eps_hat, (x_bar_s - prior) / (sigma_t / mu_t))
             if callback is not None:
                 x = callback(i, s, x_prev, x)
         return x

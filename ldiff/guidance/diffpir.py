@@ -43,7 +43,7 @@ from torch import Tensor
 
 from ldiff.diffusion.denoise import Denoiser
 from ldiff.diffusion.sampler import PredictorCorrector, StepCallback
-from ldiff.guidance.base import Diagnostics, Observation, Strategy, norm
+from ldiff.guidance.base import Diagnostics, Observation, Strategy, record
 from ldiff.guidance.pnp_admm import data_prox
 
 
@@ -94,16 +94,7 @@ class DiffPIR(Strategy):
             x_prev = x
             x = mu_s * x0 + sigma_s * (math.sqrt(1 - self.zeta) * eps_eff + math.sqrt(self.zeta) * z)
             if diagnostics is not None:
-                correction = (x0 - x_hat) / sigma_bar
-                eps_norm, correction_norm = norm(eps_hat), norm(correction)
-                diagnostics.record(
-                    t,
-                    eps_norm=eps_norm,
-                    correction_norm=correction_norm,
-                    ratio=correction_norm / eps_norm,
-                    gamma_share=torch.full_like(eps_norm, float("nan")),
-                    nonfinite=(~torch.isfinite(correction.flatten(1))).any(dim=1).float(),
-                )
+                record(diagnostics, t, eps_hat, (x0 - x_hat) / sigma_bar)
             if callback is not None:
                 x = callback(i, s, x_prev, x)
         return x

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ldiff.guidance.base import ScoreGuidance, norm
-from ldiff.guidance.dps_sum import check_positive, check_state, record, tweedie_score
+from ldiff.guidance.base import ScoreGuidance, norm, record
+from ldiff.guidance.dps_sum import check_positive, check_state, tweedie_score
 
 
 class DPSNorm(ScoreGuidance):

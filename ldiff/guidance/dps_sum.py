@@ -43,7 +43,7 @@ from torch import Tensor
 
 from ldiff.diffusion.denoise import Denoiser
 from ldiff.diffusion.schedules import Schedule
-from ldiff.guidance.base import Diagnostics, Observation, ScoreGuidance, norm
+from ldiff.guidance.base import Observation, ScoreGuidance, record
 
 
 def check_state(x_t: Tensor, obs: Observation) -> None:
@@ -114,42 +114,6 @@ def sda_score(denoiser: Denoiser, x_t: Tensor, t: Tensor, obs: Observation, var:
         return -0.5 * ((obs.y - obs.op(x_hat)).square() / var).flatten(1).sum(dim=1)
 
     return tweedie_score(denoiser, x_t, t, log_likelihood)
-
-
-def record(
-    diagnostics: Diagnostics | None,
-    t: Tensor,
-    eps_hat: Tensor,
-    correction: Tensor,
-    gamma_share: Tensor | None = None,
-    **extra: Tensor,
-) -> None:
-    r"""Record :math:`\|\hat\varepsilon\|`, :math:`\|\sigma g\|`, their ratio, the mean
-    :math:`\gamma` share over the observations (NaN if ``None``; else broadcastable against
-    ``y``, as from :func:`sda_variance`) and whether the correction holds NaN/Inf, all per
-    sample (shape (B,)), plus any ``extra`` per-sample values. Does nothing without
-    ``diagnostics``."""
-    if diagnostics is None:
-        return
-    batch = eps_hat.shape[0]
-    if gamma_share is None:
-        share = eps_hat.new_full((batch,), math.nan)
-    else:
-        # Broadcast dims replicate uniformly, so the mean over the stored entries is the
-        # mean over the observations.
-        share = gamma_share.reshape(gamma_share.shape[0], -1).mean(dim=1) if gamma_share.dim() else gamma_share
-        share = share.expand(batch)
-    eps_norm = norm(eps_hat)
-    correction_norm = norm(correction)
-    diagnostics.record(
-        t,
-        eps_norm=eps_norm,
-        correction_norm=correction_norm,
-        ratio=correction_norm / eps_norm,
-        gamma_share=share,
-        nonfinite=(~torch.isfinite(correction)).flatten(1).any(dim=1).float(),
-        **extra,
-    )
 
 
 class DPSSum(ScoreGuidance):

@@ -40,8 +40,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ldiff.guidance.base import ScoreGuidance
-from ldiff.guidance.dps_sum import check_state, record
+from ldiff.guidance.base import ScoreGuidance, record
+from ldiff.guidance.dps_sum import check_state
 from ldiff.linalg import conjugate_gradient
 
 

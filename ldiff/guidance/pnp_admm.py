@@ -62,7 +62,7 @@ from torch import Tensor
 from ldiff.diffusion.denoise import Denoiser
 from ldiff.diffusion.sampler import PredictorCorrector, StepCallback
 from ldiff.diffusion.schedules import Schedule
-from ldiff.guidance.base import Diagnostics, Observation, Strategy, norm
+from ldiff.guidance.base import Diagnostics, Observation, Strategy, record
 
 
 def data_prox(w: Tensor, obs: Observation, rho: Tensor) -> Tensor:
@@ -157,16 +157,7 @@ class PnPADMM(Strategy):
             eps_hat, z = denoiser(mu * (x + u), t)
             u = u + x - z
             if diagnostics is not None:
-                correction = (x - w) * math.sqrt(rho)
-                eps_norm, correction_norm = norm(eps_hat), norm(correction)
-                diagnostics.record(
-                    t,
-                    eps_norm=eps_norm,
-                    correction_norm=correction_norm,
-                    ratio=correction_norm / eps_norm,
-                    gamma_share=torch.full_like(eps_norm, float("nan")),
-                    nonfinite=(~torch.isfinite(correction.flatten(1))).any(dim=1).float(),
-                )
+                record(diagnostics, t, eps_hat, (x - w) * math.sqrt(rho))
             if callback is not None:
                 z = callback(k, t, z_prev, z)
         return x

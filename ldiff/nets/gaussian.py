@@ -29,6 +29,10 @@ References:
 
 from __future__ import annotations
 
+import os
+import pickle
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
@@ -82,6 +86,25 @@ class GaussianPrior(nn.Module):
         power = _fft(x - mean[:, None, None]).abs().square().mean(dim=0)
         power = power.clamp_min(floor * power.mean())
         return cls(schedule, power, mean)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``power`` and ``mean`` (tensors only) to ``path``, atomically."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save({"power": self.power.cpu(), "mean": self.mean.cpu()}, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, schedule: Schedule) -> "GaussianPrior":
+        """Read a prior written by :meth:`save`, weights only (no pickled objects)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such Gaussian prior file")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            return cls(schedule, state["power"], state["mean"])
+        except (KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as error:
+            raise ValueError(f"{path}: not a Gaussian prior file ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """Exact epsilon. ``x_t``: (B, C, H, W); ``t``: (B,) or scalar. ``cond`` is ignored."""

@@ -313,3 +313,21 @@ def test_merge_stacks_trajectories_and_refuses_other_grids(tmp_path):
     assert merged["trajectory"].values.tolist() == [0, 1, 2]
     assert main(["data", "merge", str(a), str(other), "-o", str(tmp_path / "bad.nc")]) == 2
     assert not (tmp_path / "bad.nc").exists()
+
+
+def test_shift_augmentation_rolls_training_items_by_multiples_of_the_step(tmp_path):
+    path = save(generate_grf(4, 3, 16, seed=3), tmp_path / "g.nc")
+    plain = FieldDataModule(str(path), split=(1.0, 0.0, 0.0), random_window=False)
+    shifted = FieldDataModule(str(path), split=(1.0, 0.0, 0.0), random_window=False, shift=(8, 1))
+    plain.setup()
+    shifted.setup()
+    torch.manual_seed(0)
+    rolls = set()
+    for i in range(12):
+        a, b = plain.dataset("train")[i]["x"], shifted.dataset("train")[i]["x"]
+        matches = [(dy, dx) for dy in (0, 8) for dx in range(16) if torch.equal(torch.roll(a, (dy, dx), (-2, -1)), b)]
+        assert len(matches) == 1  # an exact roll by a multiple of 8 rows and any columns
+        rolls.add(matches[0])
+    assert len(rolls) > 1
+    with pytest.raises(ValueError, match="shift"):
+        FieldDataModule(str(path), shift=(-1, 0))

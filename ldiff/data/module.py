@@ -129,6 +129,11 @@ class WindowDataset(Dataset):
         normalizer: applied to every item when it is read.
         random_window: one item per trajectory with a random start (torch's generator);
             otherwise every start ``0, stride, 2 stride, ...`` of every trajectory.
+        shift: ``(sy, sx)``: roll each item (and its condition channels) circularly by a
+            random multiple of ``sy`` rows and ``sx`` columns, a data augmentation for
+            fields whose statistics are invariant under those shifts (Kolmogorov flow:
+            any shift in x, shifts in y by a forcing period, ``(H / k_f, 1)``);
+            ``(0, 0)`` leaves items as stored.
     """
 
     def __init__(
@@ -140,10 +145,12 @@ class WindowDataset(Dataset):
         cond: Tensor | None = None,
         random_window: bool = False,
         stride: int = 1,
+        shift: tuple[int, int] = (0, 0),
     ) -> None:
         self.fields, self.trajectories, self.window = fields, trajectories, window
         self.normalizer, self.cond, self.random_window = normalizer, cond, random_window
         self.starts = range(0, fields.shape[1] - window + 1, stride)
+        self.shift = tuple(shift)
 
     def __len__(self) -> int:
         return len(self.fields) * (1 if self.random_window else len(self.starts))
@@ -162,6 +169,11 @@ class WindowDataset(Dataset):
         }
         if self.cond is not None:
             item["cond"] = self.cond
+        if any(self.shift):
+            rolls = [int(torch.randint(size // step, ())) * step if step else 0 for size, step in zip(frames.shape[-2:], self.shift)]
+            for key in ("x", "cond"):
+                if key in item:
+                    item[key] = torch.roll(item[key], shifts=rolls, dims=(-2, -1))
         return item
 
 
@@ -182,6 +194,8 @@ class FieldDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         condition: names of condition channels.
         seed: seed of the trajectory split.
+        shift: training-only random circular shifts by multiples of ``(rows, columns)``
+            (see :class:`WindowDataset`); ``(0, 0)`` for none.
     """
 
     def __init__(
@@ -194,6 +208,7 @@ class FieldDataModule(L.LightningDataModule):
         num_workers: int = 0,
         condition: tuple[str, ...] = (),
         seed: int = 0,
+        shift: tuple[int, int] = (0, 0),
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -202,6 +217,9 @@ class FieldDataModule(L.LightningDataModule):
         self.path, self.window, self.batch_size = path, window, batch_size
         self.split, self.random_window, self.num_workers = tuple(split), random_window, num_workers
         self.condition, self.seed = tuple(condition), seed
+        if len(shift) != 2 or min(shift) < 0:
+            raise ValueError(f"shift: need two non-negative steps (rows, columns), got {shift}")
+        self.shift = tuple(shift)
         self.normalizer = Normalizer()
         self.splits: dict[str, np.ndarray] | None = None
 
@@ -241,8 +259,9 @@ class FieldDataModule(L.LightningDataModule):
     def dataset(self, name: str, stride: int = 1) -> WindowDataset:
         """The windows of split ``name`` (train, val or test); random ones for training."""
         random_window = name == "train" and self.random_window
+        shift = self.shift if name == "train" else (0, 0)
         args = (self.fields[name], self.splits[name], self.window, self.normalizer, self.cond)
-        return WindowDataset(*args, random_window=random_window, stride=stride)
+        return WindowDataset(*args, random_window=random_window, stride=stride, shift=shift)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("train"), shuffle=True)

@@ -30,10 +30,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
@@ -41,7 +43,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from ldiff.data.commands import add_data_commands
-from ldiff.commands import add_balance_command, add_compare_command
+from ldiff.commands import add_balance_command, add_baseline_command, add_compare_command, add_quality_command
 from ldiff.data.module import FieldDataModule
 from ldiff.lit.checkpoint import SafeCheckpointIO, read_checkpoint
 
@@ -140,6 +142,7 @@ class LdiffCLI(LightningCLI):
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str] | None) -> None:
+        refuse_foreign_imports(sys.argv[1:] if args is None else args)
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as error:
@@ -161,6 +164,55 @@ class LdiffCLI(LightningCLI):
         plugins = self.config_init[self.subcommand].trainer.plugins
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [] if plugins is None else [plugins]
         return super().instantiate_trainer(plugins=[*plugins, SafeCheckpointIO()], **kwargs)
+
+
+IMPORTABLE_PREFIXES = ("ldiff.", "lightning.", "torch.")
+"""Dotted names a fit/predict config may make LightningCLI import."""
+
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+
+
+def _foreign_import(value: object) -> str | None:
+    """``value`` if it is a dotted name of an importable module outside
+    :data:`IMPORTABLE_PREFIXES` (found without importing it), else None."""
+    if not isinstance(value, str) or not _DOTTED.fullmatch(value) or value.startswith(IMPORTABLE_PREFIXES):
+        return None
+    return value if importlib.util.find_spec(value.partition(".")[0]) is not None else None
+
+
+def _strings(node: object):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+    else:
+        yield node
+
+
+def refuse_foreign_imports(args: Sequence[str]) -> None:
+    """Refuse, before LightningCLI imports anything, a class path (in a ``--config`` file
+    or on the command line) that names a module outside ``ldiff``, ``lightning`` and
+    ``torch``: jsonargparse imports a class path's module before it checks the type, so
+    a config could otherwise run any installed module's top-level code."""
+    args = list(args)
+    values: list[tuple[str, object]] = []
+    for i, arg in enumerate(args):
+        key, eq, value = arg.partition("=")
+        if not eq:
+            value = args[i + 1] if i + 1 < len(args) else None
+        if key in ("--config", "-c") and value and Path(value).is_file():
+            try:
+                loaded = yaml.safe_load(Path(value).read_text())
+            except yaml.YAMLError:
+                continue  # jsonargparse reports the syntax error with the file name
+            values += [(value, v) for v in _strings(loaded)]
+        elif key.startswith("--"):
+            values.append((key, value))
+    for where, value in values:
+        if _foreign_import(value):
+            raise UsageError(f"{where}: class path {value!r} lies outside {', '.join(IMPORTABLE_PREFIXES)}; refusing to import it")
 
 
 def _import(class_path: str) -> type:
@@ -185,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(commands)
     add_balance_command(commands)
     add_compare_command(commands)
+    add_baseline_command(commands)
+    add_quality_command(commands)
     return parser
 
 

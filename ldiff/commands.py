@@ -7,6 +7,7 @@ import argparse
 import math
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -52,6 +53,71 @@ def run_balance(args: argparse.Namespace) -> None:
             f"{100 * row.gamma_share_std_scaled:.1f}%", f"{row.strength_none:.3g}", f"{row.strength_std:.2f}", f"{row.strength_dual:.2f}",
         )
     Console().print(table)
+
+
+def add_baseline_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "baseline",
+        help="fit the stationary Gaussian prior to a prior's training split (the exact-gaussian baseline)",
+        description="Fit GaussianPrior (channel means, mean periodogram) to the training windows "
+        "of a store, in the normalisation and window of a prior checkpoint, and save it.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="prior checkpoint (its normaliser and window are used)")
+    parser.add_argument("--data", required=True, help="the store the prior was trained on")
+    parser.add_argument("--split", type=float, nargs=3, default=[0.8, 0.1, 0.1], help="the prior's data.split")
+    parser.add_argument("--seed", type=int, default=0, help="the prior's data.seed")
+    parser.add_argument("-o", "--output", required=True, help="file to write (.pt, tensors only)")
+    parser.set_defaults(func=run_baseline)
+    return parser
+
+
+def run_baseline(args: argparse.Namespace) -> None:
+    from ldiff.data.module import FieldDataModule
+    from ldiff.lit.checkpoint import load_prior
+    from ldiff.nets.gaussian import GaussianPrior
+
+    net, schedule, normalizer, _ = load_prior(args.checkpoint)
+    data = FieldDataModule(args.data, window=net.in_channels // 2, split=tuple(args.split), seed=args.seed, random_window=False)
+    data.normalizer.load_state_dict(normalizer)
+    data.setup()
+    train = data.dataset("train")
+    fields = torch.stack([train[i]["x"] for i in range(len(train))])
+    GaussianPrior.fit(fields, schedule).save(args.output)
+    print(f"{args.output}: Gaussian prior fitted to {len(fields)} training windows of {args.data}")
+
+
+def add_quality_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "quality",
+        help="measure a prior: unconditional samples' energy spectrum and vorticity std against data",
+    )
+    parser.add_argument("--checkpoint", required=True, help="prior checkpoint")
+    parser.add_argument("--data", required=True, help="store to compare with (every window)")
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--k-max", type=int, default=16)
+    parser.add_argument("-o", "--output", help="JSON file for the numbers (for the model card)")
+    parser.set_defaults(func=run_quality)
+    return parser
+
+
+def run_quality(args: argparse.Namespace) -> None:
+    from ldiff.data.module import FieldDataModule
+    from ldiff.lit.checkpoint import load_prior
+    from ldiff.quality import measure
+    from ldiff.tracking import write_json
+
+    net, schedule, normalizer, _ = load_prior(args.checkpoint)
+    data = FieldDataModule(args.data, window=net.in_channels // 2, split=(0.0, 0.0, 1.0))
+    data.normalizer.load_state_dict(normalizer)
+    data.setup()
+    attrs = data.attrs
+    result = measure(net, schedule, normalizer, data.test_windows()["x"], float(attrs["dx"]), float(attrs["dy"]),
+                     bool(int(attrs["periodic"])), samples=args.samples, steps=args.steps, k_max=args.k_max)
+    if args.output:
+        write_json(Path(args.output), result.as_dict())
+    print(f"spectrum ratio (k = 1..{args.k_max}): {result.spectrum_ratio_min:.3f} .. {result.spectrum_ratio_max:.3f}; "
+          f"vorticity std {result.vorticity_std_samples:.3f} vs data {result.vorticity_std_data:.3f} (ratio {result.vorticity_std_ratio:.3f})")
 
 
 def add_compare_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 
 from ldiff.config import check_keys, instantiate, load_yaml
 from ldiff.data.items import IndexedFields
+from ldiff.diffusion.sampler import PredictorCorrector
 from ldiff.data.module import FieldDataModule
 from ldiff.guidance.exact_gaussian import ExactGaussian
 from ldiff.lit.checkpoint import load_prior
@@ -77,6 +78,11 @@ def read_config(path: str) -> dict[str, Any]:
     check_keys(cfg.get("wandb") or {}, {"mode", "project"}, f"{path}: wandb")
     if "test" not in cfg["data"]:
         raise ValueError(f"{path}: data: missing key 'test'")
+    for key in ("strategies", "operators"):
+        if key in cfg and (not isinstance(cfg[key], dict) or not cfg[key]):
+            raise ValueError(f"{path}: {key}: need a non-empty mapping of name -> class_path config")
+    if int(cfg["data"].get("items", 8)) < 1:
+        raise ValueError(f"{path}: data.items: need at least 1, got {cfg['data']['items']}")
     cfg.setdefault("operators", DEFAULT_OPERATORS)
     cfg.setdefault("output", "runs/compare")
     return cfg
@@ -131,6 +137,12 @@ def run(config_path: str, output: str | None = None, quick: bool = False, progre
     std = float(cfg.get("std", 0.1))
     sampler = {"steps": 64, "corrections": 0, "tau": 1.0, **(cfg.get("sampler") or {})}
     guard = cfg.get("guard") or {}
+    # check every setting before the run directory and the W&B run are created
+    try:
+        InferenceModule(next(iter(strategies.values())), next(iter(operators.values())), std=std, samples=int(cfg.get("samples", 1)), **sampler, **guard).attach_prior(net, schedule)
+        PredictorCorrector(schedule, **sampler)
+    except ValueError as error:
+        raise ValueError(f"{config_path}: {error}") from None
     trainer_cfg = {"accelerator": "cpu", "devices": 1, **(cfg.get("trainer") or {})}
     wandb_cfg = {"mode": "offline", "project": "ldiff", **(cfg.get("wandb") or {})}
 

@@ -59,7 +59,7 @@ def resolve_class(class_path: str, where: str) -> type:
 
 
 def instantiate(spec: dict[str, Any], where: str, **extra: Any) -> Any:
-    """Build ``class_path(**init_args, **extra)``; a bad argument names ``where``."""
+    """Build ``class_path(**init_args, **extra)``; a bad or refused argument names ``where``."""
     if not isinstance(spec, dict):
         raise ValueError(f"{where}: expected a mapping with class_path and init_args")
     check_keys(spec, {"class_path", "init_args"}, where)
@@ -70,5 +70,5 @@ def instantiate(spec: dict[str, Any], where: str, **extra: Any) -> Any:
         check_keys(init_args, set(accepted) - set(extra), f"{where}.init_args")
     try:
         return cls(**init_args, **extra)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise ValueError(f"{where}: {error}") from None

@@ -12,7 +12,9 @@ Two families of numbers, each compared like with like:
 
 Diverged samples are excluded from the field metrics (and counted); if every sample of
 an item diverged, the item drops out of the ``_mean`` metrics. Where nothing is left to
-score, the value is NaN *and* the ``diverged`` count says why.
+score, the value is NaN *and* a count says why: ``diverged`` for the per-sample and
+``_mean`` metrics (NaN only when every sample diverged), ``ensemble_items`` (items whose K
+samples all finished) for ``crps`` and ``spread_skill`` (NaN only when it is 0).
 """
 
 from __future__ import annotations
@@ -105,10 +107,12 @@ def evaluate(
     out["vorticity_rmse_mean"] = _value(vort_result, "vorticity_rmse")
 
     if k > 1:
+        whole = valid.reshape(n_items, k).all(dim=1)
+        out["ensemble_items"] = int(whole.sum())
         crps = CRPS()
-        crps.update(recon, truth, valid.reshape(n_items, k).all(dim=1))
+        crps.update(recon, truth, whole)
         spread = SpreadSkill()
-        spread.update(recon, truth, valid.reshape(n_items, k).all(dim=1))
+        spread.update(recon, truth, whole)
         out["crps"] = _value(crps.compute(), "crps")
         out["spread_skill"] = _value(spread.compute(), "spread_skill")
     out.update({name: counts[name] for name in REGIMES})

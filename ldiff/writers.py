@@ -5,7 +5,11 @@ meet at a barrier, and rank 0 merges the shards into one Dataset: items are sort
 their index and de-duplicated (a distributed sampler pads the last batches with repeats
 when the item count does not divide by the number of devices), so every item appears
 exactly once. The file is written to a temporary name and renamed, so an interrupted
-run leaves no half-written file.
+run leaves no half-written file: a run killed before the rename leaves at most hidden
+files beside ``output`` (``.<name>.shard-<rank>.nc`` and ``.<name>.<pid>.tmp``), and
+the next run into the same ``output`` deletes them when it starts, so a shard of the
+killed run is never merged into the new file (two runs at once into one ``output`` are
+not supported).
 
 Layout of the merged file (normalised units; ``norm_mean`` / ``norm_std`` attributes
 give the (u, v) affine map to physical units):
@@ -18,6 +22,7 @@ give the (u, v) affine map to physical units):
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from pathlib import Path
@@ -91,6 +96,17 @@ class ReconstructionWriter(BasePredictionWriter):
 
     def _shard(self, rank: int) -> Path:
         return self.output.with_name(f".{self.output.name}.shard-{rank}.nc")
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Rank 0 deletes what an interrupted run into ``output`` left behind (shards and
+        temporary files); the other ranks wait for it before they predict."""
+        super().setup(trainer, pl_module, stage)
+        if trainer.global_rank == 0:
+            prefix = glob.escape(f".{self.output.name}.")
+            for pattern in (prefix + "shard-*.nc", "." + prefix + "shard-*.nc.*.tmp", prefix + "*.tmp"):
+                for path in self.output.parent.glob(pattern):
+                    path.unlink(missing_ok=True)
+        trainer.strategy.barrier()
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions

@@ -31,6 +31,7 @@ from ldiff.diffusion.sampler import PredictorCorrector
 from ldiff.diffusion.schedules import Schedule
 from ldiff.evaluate import attach, evaluate
 from ldiff.guidance.base import Diagnostics, Observation, Strategy
+from ldiff.lit.prior import check_channels
 from ldiff.metrics import DIVERGED, regime, spatial_std
 from ldiff.observe import Operator, check_std
 
@@ -116,6 +117,12 @@ class InferenceModule(L.LightningModule):
         self.prior = model.eval().requires_grad_(False)
         self.schedule = schedule
         self.normalizer_state = normalizer
+
+    def setup(self, stage: str) -> None:
+        """Refuse data whose window does not fit the prior's network, naming both channel
+        counts, before the network sees a batch."""
+        if self.prior is not None:
+            check_channels(self.prior, getattr(self.trainer, "datamodule", None))
 
     def score(self, ds: xr.Dataset) -> xr.Dataset:
         """Attach the metrics of a merged prediction file (:func:`ldiff.evaluate.evaluate`)

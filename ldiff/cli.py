@@ -43,7 +43,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from ldiff.data.commands import add_data_commands
-from ldiff.commands import add_balance_command, add_baseline_command, add_compare_command, add_quality_command
+from ldiff.commands import (
+    add_balance_command,
+    add_baseline_command,
+    add_compare_command,
+    add_export_command,
+    add_quality_command,
+)
 from ldiff.data.module import FieldDataModule
 from ldiff.lit.checkpoint import SafeCheckpointIO, read_checkpoint
 
@@ -239,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_command(commands)
     add_baseline_command(commands)
     add_quality_command(commands)
+    add_export_command(commands)
     return parser
 
 

@@ -120,6 +120,20 @@ def run_quality(args: argparse.Namespace) -> None:
           f"vorticity std {result.vorticity_std_samples:.3f} vs data {result.vorticity_std_data:.3f} (ratio {result.vorticity_std_ratio:.3f})")
 
 
+def add_export_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("export", help="slim a training checkpoint to the prior alone (EMA weights, config, normaliser)")
+    parser.add_argument("checkpoint", help="a checkpoint written by ldiff fit")
+    parser.add_argument("-o", "--output", required=True, help="the slim checkpoint to write")
+    parser.set_defaults(func=run_export)
+    return parser
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from ldiff.lit.checkpoint import export_prior
+
+    print(export_prior(args.checkpoint, args.output))
+
+
 def add_compare_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("compare", help="sweep guidance strategies x observation operators with one prior")
     parser.add_argument("--config", required=True, help="compare config (configs/compare/*.yaml)")

@@ -167,3 +167,20 @@ def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path):
     assert os.listdir(path.parent) == ["last.ckpt"]  # no temporary file left behind
     io.save_checkpoint({"global_step": 3}, path)
     assert io.load_checkpoint(path) == {"global_step": 3}
+
+
+def test_export_keeps_only_the_averaged_prior_and_loads_identically(tmp_path):
+    from ldiff.lit.checkpoint import export_prior
+
+    checkpoint = prior_checkpoint()
+    checkpoint["optimizer_states"] = [{"state": {0: {"exp_avg": torch.ones(1000)}}}]
+    torch.save(checkpoint, tmp_path / "full.ckpt")
+    export_prior(tmp_path / "full.ckpt", tmp_path / "slim.ckpt")
+    slim = torch.load(tmp_path / "slim.ckpt", weights_only=True)
+    assert set(slim) == {"state_dict", "hyper_parameters", "normalizer", "epoch", "global_step"}
+    assert all(key.startswith("net.") for key in slim["state_dict"])
+    full_net = load_prior(tmp_path / "full.ckpt")[0]
+    slim_net = load_prior(tmp_path / "slim.ckpt")[0]
+    for (name, a), (_, b) in zip(full_net.state_dict().items(), slim_net.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert (tmp_path / "slim.ckpt").stat().st_size < (tmp_path / "full.ckpt").stat().st_size

@@ -24,7 +24,7 @@ NORMALIZER = {"mean": torch.tensor([0.5, -0.25], dtype=torch.float64), "std": to
 def prior_checkpoint(net_config: dict = NET) -> dict:
     """A checkpoint in ScorePrior's layout whose averaged weights differ from the online ones."""
     torch.manual_seed(0)
-    module = ScorePrior(UNet(**UNET_ARGS), CosineSchedule(eta=0.01))
+    module = ScorePrior(UNet(**UNET_ARGS), CosineSchedule(eta=0.01), precondition=False)
     with torch.no_grad():
         for p in module.net.parameters():
             p.add_(torch.randn_like(p))

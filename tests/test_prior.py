@@ -48,7 +48,7 @@ class Recorder(L.Callback):
 
 def fit_tiny(steps: int, lr_schedule: str, ema_decay: float) -> tuple[ScorePrior, Recorder]:
     torch.manual_seed(0)
-    module = ScorePrior(Tiny(), CosineSchedule(), lr=0.05, lr_schedule=lr_schedule, ema_decay=ema_decay)
+    module = ScorePrior(Tiny(), CosineSchedule(), lr=0.05, lr_schedule=lr_schedule, ema_decay=ema_decay, precondition=False)
     recorder = Recorder()
     trainer = L.Trainer(
         max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -123,7 +123,7 @@ def test_learning_rate_follows_the_cosine_closed_form_during_fit():
 
 def test_validation_loss_uses_the_averaged_net_and_a_fixed_generator():
     torch.manual_seed(0)
-    module = ScorePrior(Tiny(), CosineSchedule(), ema_decay=0.5)
+    module = ScorePrior(Tiny(), CosineSchedule(), ema_decay=0.5, precondition=False)
     with torch.no_grad():
         module.online.conv.weight.add_(1.0)  # online and averaged weights now differ
     batch = batches(1, seed=3)[0]

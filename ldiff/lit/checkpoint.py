@@ -47,6 +47,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor, nn
 
+from ldiff.diffusion.precond import SkipPreconditioned
 from ldiff.diffusion.schedules import Schedule
 
 ALLOWED_PACKAGES = ("ldiff.",)
@@ -164,6 +165,8 @@ def load_prior(
         raise ValueError(f"{path}: hyper_parameters lack 'net' and 'schedule'; not a ScorePrior checkpoint")
     net = instantiate(hparams["net"], nn.Module, f"{path}: hyper_parameters.net")
     schedule = instantiate(hparams["schedule"], Schedule, f"{path}: hyper_parameters.schedule")
+    if hparams.get("precondition", False):
+        net = SkipPreconditioned(net, schedule)
     state = {
         key[len(PRIOR_PREFIX) :]: value
         for key, value in checkpoint["state_dict"].items()

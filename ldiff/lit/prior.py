@@ -47,6 +47,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from ldiff.diffusion.denoise import epsilon_loss
+from ldiff.diffusion.precond import SkipPreconditioned
 from ldiff.diffusion.schedules import CosineSchedule, Schedule
 from ldiff.lit.ema import averaged_copy, check_decay, update_average
 from ldiff.nets.unet import num_parameters
@@ -80,6 +81,9 @@ class ScorePrior(L.LightningModule):
         lr_schedule: ``"cosine"``, ``"linear"`` or ``"constant"`` decay of the learning
             rate over the run's optimiser steps.
         ema_decay: decay of the weight average, in [0, 1).
+        precondition: wrap ``net`` in :class:`~ldiff.diffusion.precond.SkipPreconditioned`
+            (recorded in the checkpoint; :func:`~ldiff.lit.checkpoint.load_prior` rebuilds
+            the same model).
 
     Batches are dicts with ``x`` (B, C, H, W) in normalised units and optionally ``cond``
     (B, C_cond, H, W).
@@ -93,6 +97,7 @@ class ScorePrior(L.LightningModule):
         weight_decay: float = 1e-3,
         lr_schedule: LRSchedule = "cosine",
         ema_decay: float = 0.999,
+        precondition: bool = True,
     ):
         super().__init__()
         if lr <= 0 or weight_decay < 0:
@@ -100,8 +105,8 @@ class ScorePrior(L.LightningModule):
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"ScorePrior: lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
         self.save_hyperparameters()
-        self.online = net
-        self.net = averaged_copy(net)
+        self.online = SkipPreconditioned(net, schedule) if precondition else net
+        self.net = averaged_copy(self.online)
         self.schedule = schedule
         self.lr, self.weight_decay, self.lr_schedule = lr, weight_decay, lr_schedule
         self.ema_decay = check_decay(ema_decay)

@@ -52,7 +52,7 @@ def run_balance(args: argparse.Namespace) -> None:
             f"{row.t:g}", f"{row.snr_inv:.3g}", f"{row.gamma_term:.3g}", f"{row.n_obs:,}",
             f"{100 * row.gamma_share_std_scaled:.1f}%", f"{row.strength_none:.3g}", f"{row.strength_std:.2f}", f"{row.strength_dual:.2f}",
         )
-    Console().print(table)
+    Console(width=160).print(table)
 
 
 def add_baseline_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -151,7 +151,7 @@ def print_rows(rows: list[dict], title: str) -> None:
         table.add_column(column.replace("_", " "), justify="right")
     for row in rows:
         table.add_row(*[f"{row[c]:.3f}" if isinstance(row[c], float) and not math.isnan(row[c]) else str(row[c]) for c in columns])
-    Console().print(table)
+    Console(width=160).print(table)
 
 
 def run_compare(args: argparse.Namespace) -> None:

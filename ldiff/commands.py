@@ -96,6 +96,7 @@ def add_quality_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--k-max", type=int, default=16)
+    parser.add_argument("--condition", nargs="*", default=[], help="the prior's condition channels (its data.condition)")
     parser.add_argument("-o", "--output", help="JSON file for the numbers (for the model card)")
     parser.set_defaults(func=run_quality)
     return parser
@@ -108,12 +109,13 @@ def run_quality(args: argparse.Namespace) -> None:
     from ldiff.tracking import write_json
 
     net, schedule, normalizer, _ = load_prior(args.checkpoint)
-    data = FieldDataModule(args.data, window=net.in_channels // 2, split=(0.0, 0.0, 1.0))
+    data = FieldDataModule(args.data, window=net.in_channels // 2, split=(0.0, 0.0, 1.0), condition=tuple(args.condition))
     data.normalizer.load_state_dict(normalizer)
     data.setup()
-    attrs = data.attrs
-    result = measure(net, schedule, normalizer, data.test_windows()["x"], float(attrs["dx"]), float(attrs["dy"]),
-                     bool(int(attrs["periodic"])), samples=args.samples, steps=args.steps, k_max=args.k_max)
+    attrs, windows = data.attrs, data.test_windows()
+    cond = windows["cond"][0] if "cond" in windows else None
+    result = measure(net, schedule, normalizer, windows["x"], float(attrs["dx"]), float(attrs["dy"]),
+                     bool(int(attrs["periodic"])), samples=args.samples, steps=args.steps, k_max=args.k_max, cond=cond)
     if args.output:
         write_json(Path(args.output), result.as_dict())
     print(f"spectrum ratio (k = 1..{args.k_max}): {result.spectrum_ratio_min:.3f} .. {result.spectrum_ratio_max:.3f}; "

@@ -64,6 +64,7 @@ def measure(
     k_max: int = 16,
     batch: int = 16,
     seed: int = 0,
+    cond: Tensor | None = None,
 ) -> Quality:
     """Sample the prior unconditionally and compare with ``data``.
 
@@ -71,13 +72,15 @@ def measure(
         model: epsilon model (normalised units).
         data: reference fields, shape (N, C, H, W), in normalised units.
         dx, dy, periodic: the grid.
+        cond: condition channels of every sample, shape (C_cond, H, W), or None.
     """
     generator = torch.Generator().manual_seed(seed)
     sampler = PredictorCorrector(schedule, steps)
     drawn = []
     for start in range(0, samples, batch):
         x1 = torch.randn((min(batch, samples - start), *data.shape[1:]), generator=generator)
-        drawn.append(sampler.sample(lambda x, t: model(x, t), x1, generator))
+        c = None if cond is None else cond.expand(x1.shape[0], *cond.shape)
+        drawn.append(sampler.sample(lambda x, t: model(x, t, c), x1, generator))
     fields = {name: _denormalize(x.double(), normalizer) for name, x in (("samples", torch.cat(drawn)), ("data", data))}
     spectra = {name: energy_spectrum(x, dx, dy)[1].mean(dim=(0, 1)) for name, x in fields.items()}
     ratio = (spectra["samples"][1 : k_max + 1] / spectra["data"][1 : k_max + 1]).tolist()

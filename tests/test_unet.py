@@ -199,3 +199,36 @@ def test_bad_inputs_raise(cond_channels, x_shape, t, cond_shape, message):
     cond = None if cond_shape is None else torch.zeros(cond_shape)
     with pytest.raises(ValueError, match=message):
         net(torch.zeros(x_shape), t, cond)
+
+
+@pytest.mark.parametrize("padding", ["circular", "reflect"])
+def test_activation_checkpointing_changes_neither_output_nor_gradients(padding):
+    """The same weights with and without ``checkpointing``: the recomputed blocks run the
+    same operations on the same inputs, so output, input gradient and weight gradients
+    agree to the last bit; without grad the option does nothing. The forward of the
+    checkpointed net keeps far fewer values for the backward (the blocks' inputs only)."""
+    plain = _tiny(padding=padding, cond_channels=1)
+    ckpt = _tiny(padding=padding, cond_channels=1, checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x, t, cond = torch.randn(2, 2, 20, 28), torch.rand(2), torch.randn(2, 1, 20, 28)
+    grads, saved = {}, {}
+    for name, net in (("plain", plain), ("ckpt", ckpt)):
+        xr = x.clone().requires_grad_(True)
+        saved[name] = 0
+
+        def pack(tensor, name=name):
+            saved[name] += tensor.numel()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            out = net(xr, t, cond)
+        weight = torch.linspace(-1.0, 1.0, out.numel()).reshape(out.shape)
+        (out * weight).sum().backward()
+        grads[name] = (out.detach(), xr.grad, [p.grad for p in net.parameters()])
+    (out_p, gx_p, gw_p), (out_c, gx_c, gw_c) = grads["plain"], grads["ckpt"]
+    assert torch.equal(out_p, out_c)
+    assert torch.equal(gx_p, gx_c) and gx_p.abs().max() > 0
+    assert len(gw_p) == len(gw_c) and all(torch.equal(a, b) for a, b in zip(gw_p, gw_c))
+    assert saved["ckpt"] < saved["plain"] / 2
+    with torch.no_grad():
+        assert torch.equal(plain(x, t, cond), ckpt(x, t, cond))

@@ -34,6 +34,13 @@ and Dhariwal & Nichol 2021):
 * **Output.** Normalisation, activation and a convolution back to ``C`` channels whose
   weights start at zero, so an untrained network predicts :math:`\hat\varepsilon = 0`
   (Tweedie's estimate then starts at :math:`x_t / \mu`).
+* **Activation checkpointing** (opt-in, Chen et al. 2016). A backward pass needs every
+  intermediate of every residual block; with ``checkpointing=True`` the forward keeps
+  only each block's input and the backward recomputes the block's intermediates, one
+  block at a time. Output and gradients are unchanged; the price is one more forward
+  pass of the blocks per backward pass. It matters wherever a gradient flows through
+  the network: training, and every gradient-guided sampler step (one vector-Jacobian
+  product per evaluation); ``benchmarks/results/memory.md`` has the measured saving.
 
 Every convolution pads with the same ``padding`` mode: ``"circular"`` for periodic fields
 (Kolmogorov flow), ``"reflect"`` or ``"zeros"`` for bounded ones (a cylinder wake). With
@@ -56,6 +63,8 @@ References:
     Perez et al., "FiLM: Visual Reasoning with a General Conditioning Layer", AAAI 2018,
     arXiv:1709.07871.
     Vaswani et al., "Attention Is All You Need", NeurIPS 2017, arXiv:1706.03762.
+    Chen, Xu, Zhang & Guestrin, "Training Deep Nets with Sublinear Memory Cost", 2016,
+    arXiv:1604.06174.
 """
 
 from __future__ import annotations
@@ -66,6 +75,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 PADDINGS = ("circular", "reflect", "zeros")
 ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU}
@@ -209,6 +219,8 @@ class UNet(nn.Module):
         activation: ``"silu"``, ``"gelu"`` or ``"relu"``.
         norm: ``"group"`` (``gcd(channels, 8)`` groups, Wu & He 2018) or ``"layer"``
             (over the channels of each pixel).
+        checkpointing: recompute the residual blocks' intermediates in the backward pass
+            instead of storing them (see the module docstring); no effect without grad.
 
     Shapes:
         ``forward(x_t: (B, C, H, W), t: (B,) or scalar, cond: (B, C_cond, H, W) | None)
@@ -228,6 +240,7 @@ class UNet(nn.Module):
         kernel_size: int = 3,
         activation: str = "silu",
         norm: str = "group",
+        checkpointing: bool = False,
     ):
         super().__init__()
         widths = list(widths)
@@ -242,6 +255,7 @@ class UNet(nn.Module):
         self.padding = padding
         self.kernel_size = kernel_size
         self.time_embedding = time_embedding
+        self.checkpointing = checkpointing
 
         act = ACTIVATIONS[activation]
         self.embed = nn.Sequential(
@@ -295,15 +309,20 @@ class UNet(nn.Module):
             if level > 0:
                 h = self.down[level - 1](h)
             for blk in blocks:
-                h = blk(h, emb)
+                h = self._run_block(blk, h, emb)
             skips.append(h)
         for level in reversed(range(len(self.decoder))):
             if level < len(self.decoder) - 1:
                 h = F.interpolate(h, scale_factor=2.0, mode="nearest")
                 h = torch.cat((h, skips[level]), dim=1)
             for blk in self.decoder[level]:
-                h = blk(h, emb)
+                h = self._run_block(blk, h, emb)
         return self.head(h)[crop]
+
+    def _run_block(self, block: ResidualBlock, h: Tensor, emb: Tensor) -> Tensor:
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, h, emb, use_reentrant=False)
+        return block(h, emb)
 
     def _pad(self, x: Tensor) -> tuple[Tensor, tuple[slice, ...]]:
         """Pad (B, C, H, W) to sides divisible by ``multiple``; return the crop back."""

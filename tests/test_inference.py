@@ -115,3 +115,10 @@ def test_bad_observations_are_refused():
     # a window of 2 frames has no frame 3: zero observations
     with pytest.raises(ValueError, match="zero observations"):
         Observation(torch.zeros(1, 0, 8, 8), Frames(4, offset=3), 0.1, (4, 8, 8))
+
+
+def test_the_default_strategy_is_the_recommended_dps_sum():
+    module = InferenceModule(operator=Subsample(2))
+    assert isinstance(module.strategy, DPSSum) and module.strategy.gamma == 1e-2
+    with pytest.raises(ValueError, match="operator"):
+        InferenceModule(DPSSum())

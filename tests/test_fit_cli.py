@@ -71,7 +71,8 @@ def test_fit_writes_a_checkpoint_every_epoch_and_last(fitted):
     net, _, _, hparams = load_prior(ckpts / "last.ckpt")
     for key, value in net.state_dict().items():
         assert torch.equal(value, last["state_dict"][f"net.{key}"])
-    assert not torch.equal(last["state_dict"]["net.lift.weight"], last["state_dict"]["online.lift.weight"])
+    # preconditioned (the default): the UNet sits at net.net.* (averaged) and online.net.* (raw)
+    assert not torch.equal(last["state_dict"]["net.net.lift.weight"], last["state_dict"]["online.net.lift.weight"])
     # the parameter count logged at fit start
     logged = yaml.safe_load((root / "lightning_logs" / "version_0" / "hparams.yaml").read_text())
     assert logged["parameters"] == num_parameters(UNet(**hparams["net"]["init_args"])) == 17044

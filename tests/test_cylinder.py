@@ -64,7 +64,7 @@ def test_neumann_poisson_inverts_the_five_point_laplacian():
 
 def test_node_fields_are_exact_for_solid_body_rotation_and_shear():
     grid = make_grid((-1.0, 2.0, -1.0, 1.0), 0.1)
-    (xu, yu), (xv, yv) = grid.u_faces(), grid.v_faces()
+    (_, yu), (xv, _) = grid.u_faces(), grid.v_faces()
     x, y = np.meshgrid(*grid.nodes())
     u_node, v_node, vorticity = node_fields(-0.7 * yu, 0.7 * xv, grid.h)  # omega = 2 * 0.7
     np.testing.assert_allclose(vorticity, 1.4, atol=1e-12)

@@ -44,10 +44,10 @@ def check_keys(section: dict[str, Any], allowed: set[str], where: str) -> None:
         raise ValueError(f"{where}: unknown key '{unknown[0]}' (expected one of {', '.join(sorted(allowed))})")
 
 
-def resolve_class(class_path: str, where: str) -> type:
-    """Import ``class_path`` if it lies inside ``ldiff``."""
+def resolve_class(class_path: str, where: str, base: type | None = None) -> type:
+    """Import ``class_path`` if it lies inside ``ldiff`` (and subclasses ``base``, if given)."""
     if not isinstance(class_path, str) or not class_path.startswith(ALLOWED_PREFIX):
-        raise ValueError(f"{where}: class_path {class_path!r} is not inside the ldiff package")
+        raise ValueError(f"{where}: class_path {class_path!r} lies outside the ldiff package; refusing to import it")
     module_name, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), name)
@@ -55,15 +55,20 @@ def resolve_class(class_path: str, where: str) -> type:
         raise ValueError(f"{where}: class_path {class_path!r} does not exist") from None
     if not inspect.isclass(cls):
         raise ValueError(f"{where}: {class_path!r} is not a class")
+    if base is not None and not issubclass(cls, base):
+        raise ValueError(f"{where}: class_path {class_path!r} is not a {base.__name__}")
     return cls
 
 
-def instantiate(spec: dict[str, Any], where: str, **extra: Any) -> Any:
-    """Build ``class_path(**init_args, **extra)``; a bad or refused argument names ``where``."""
+def instantiate(spec: dict[str, Any], where: str, base: type | None = None, **extra: Any) -> Any:
+    """Build ``class_path(**init_args, **extra)``, a subclass of ``base`` if given; a bad
+    or refused config or argument names ``where``."""
     if not isinstance(spec, dict):
-        raise ValueError(f"{where}: expected a mapping with class_path and init_args")
+        raise ValueError(f"{where}: expected a class_path config (a mapping with class_path and init_args), got {spec!r}")
     check_keys(spec, {"class_path", "init_args"}, where)
-    cls = resolve_class(spec.get("class_path"), where)
+    cls = resolve_class(spec.get("class_path"), where, base)
+    if not isinstance(spec.get("init_args") or {}, dict):
+        raise ValueError(f"{where}: init_args must be a mapping, got {spec['init_args']!r}")
     init_args = dict(spec.get("init_args") or {})
     accepted = inspect.signature(cls).parameters
     if not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):

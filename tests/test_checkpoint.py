@@ -10,7 +10,8 @@ import torch
 
 from ldiff.cli import main
 from ldiff.diffusion.schedules import CosineSchedule
-from ldiff.lit.checkpoint import SafeCheckpointIO, instantiate, load_prior, read_checkpoint
+from ldiff.config import instantiate
+from ldiff.lit.checkpoint import SafeCheckpointIO, load_prior, read_checkpoint
 from ldiff.lit.prior import ScorePrior
 from ldiff.nets.unet import UNet
 
@@ -134,12 +135,12 @@ def test_class_paths_outside_ldiff_are_never_imported(tmp_path):
 @pytest.mark.parametrize("config, match", [
     ({"class_path": "ldiff.nets.unet.UNett"}, "class_path 'ldiff.nets.unet.UNett' does not exist"),
     ({"class_path": "ldiff.diffusion.schedules.CosineSchedule"}, "is not a Module"),
-    ({"class_path": "ldiff.nets.unet.UNet", "init_args": {"in_channel": 4}}, "unexpected keyword argument 'in_channel'"),
+    ({"class_path": "ldiff.nets.unet.UNet", "init_args": {"in_channel": 4}}, "init_args: unknown key 'in_channel'"),
     ([1, 2], "expected a class_path config"),
 ])  # fmt: skip
 def test_bad_class_configs_are_named(config, match):
     with pytest.raises(ValueError, match=match):
-        instantiate(config, torch.nn.Module, "ckpt: net")
+        instantiate(config, "ckpt: net", base=torch.nn.Module)
 
 
 def test_unreadable_and_missing_files(tmp_path):

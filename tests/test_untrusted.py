@@ -161,7 +161,7 @@ def test_compare_refuses_class_paths_outside_ldiff(files, tmp_path, capsys, evil
     args = yaml.safe_load(yaml.safe_dump(init_args).replace("{marker}", str(marker)))
     config = compare_config(tmp_path / "c.yaml", files, **{section: {key: {"class_path": class_path, "init_args": args}}})
     assert run("compare", "--config", str(config)) == 2
-    assert error_line(capsys) == f"{config}: {section}.{key}: class_path {class_path!r} is not inside the ldiff package"
+    assert error_line(capsys) == f"{config}: {section}.{key}: class_path {class_path!r} lies outside the ldiff package; refusing to import it"
     assert not marker.exists() and not evil_module.exists() and "ldiff_test_evil" not in sys.modules
 
 

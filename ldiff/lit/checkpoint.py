@@ -17,7 +17,7 @@ here goes through ``torch.load(..., weights_only=True)``, whose restricted unpic
 accepts tensors, primitive containers and a few torch types and refuses any other
 global before calling it; a refused file is reported as one ``ValueError`` naming it.
 The network is then rebuilt from the ``class_path`` recorded in the hyperparameters,
-imported only when it lies inside :data:`ALLOWED_PACKAGES`, so a file never chooses
+imported only when it lies inside ``ldiff`` (:func:`ldiff.config.resolve_class`), so a file never chooses
 which code is imported.
 
 Resume (``ldiff fit --ckpt_path``) is safe too. Lightning 2.6 reads the file twice:
@@ -37,7 +37,6 @@ with ``os.replace``, atomic on POSIX: a reader sees the old file or the new one.
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from pathlib import Path
@@ -47,11 +46,9 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor, nn
 
+from ldiff.config import instantiate
 from ldiff.diffusion.precond import SkipPreconditioned
 from ldiff.diffusion.schedules import Schedule
-
-ALLOWED_PACKAGES = ("ldiff.",)
-"""Prefixes of the class paths a checkpoint may name."""
 
 PRIOR_PREFIX = "net."
 """Prefix of the averaged network's entries in ``state_dict``."""
@@ -87,36 +84,6 @@ def _load_failure(error: Exception) -> str:
     lines = message.strip().splitlines()
     reason = found.group(1) if found else f"{type(error).__name__}: {lines[0] if lines else ''}"
     return f"not a readable checkpoint ({reason})"
-
-
-def instantiate(config: Any, base: type, where: str) -> Any:
-    """Build ``class_path(**init_args)`` from a plain config, importing only classes in
-    :data:`ALLOWED_PACKAGES` that subclass ``base``.
-
-    Args:
-        config: ``{"class_path": "ldiff....", "init_args": {...}}``.
-        base: the class the result must be an instance of.
-        where: names the config in error messages (file and key).
-    """
-    if not isinstance(config, dict) or not isinstance(config.get("class_path"), str):
-        raise ValueError(f"{where}: expected a class_path config, got {config!r}")
-    class_path = config["class_path"]
-    if not class_path.startswith(ALLOWED_PACKAGES):
-        raise ValueError(f"{where}: class_path {class_path!r} lies outside {ALLOWED_PACKAGES}; refusing to import it")
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError):
-        raise ValueError(f"{where}: class_path {class_path!r} does not exist") from None
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise ValueError(f"{where}: class_path {class_path!r} is not a {base.__name__}")
-    init_args = config.get("init_args") or {}
-    if not isinstance(init_args, dict):
-        raise ValueError(f"{where}: init_args must be a mapping, got {init_args!r}")
-    try:
-        return cls(**init_args)
-    except TypeError as error:
-        raise ValueError(f"{where}: {class_path}: {error}") from None
 
 
 def check_state(model: nn.Module, state: dict[str, Tensor], where: str) -> None:
@@ -163,8 +130,8 @@ def load_prior(
             raise ValueError(f"{path}: no '{key}' entry; not a ScorePrior checkpoint")
     if not isinstance(hparams, dict) or "net" not in hparams or "schedule" not in hparams:
         raise ValueError(f"{path}: hyper_parameters lack 'net' and 'schedule'; not a ScorePrior checkpoint")
-    net = instantiate(hparams["net"], nn.Module, f"{path}: hyper_parameters.net")
-    schedule = instantiate(hparams["schedule"], Schedule, f"{path}: hyper_parameters.schedule")
+    net = instantiate(hparams["net"], f"{path}: hyper_parameters.net", base=nn.Module)
+    schedule = instantiate(hparams["schedule"], f"{path}: hyper_parameters.schedule", base=Schedule)
     if hparams.get("precondition", False):
         net = SkipPreconditioned(net, schedule)
     state = {

@@ -34,8 +34,10 @@ Config keys (YAML, parsed safely; unknown keys are refused by name)::
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,10 @@ def run(config_path: str, output: str | None = None, quick: bool = False, progre
     """Run the comparison of ``config_path`` (into ``output`` if given; in test mode,
     :data:`QUICK`, if ``quick``); returns the summary rows."""
     cfg = read_config(config_path)
+    # one trainer per (strategy, operator): keep Lightning's per-trainer banners off the terminal
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=DeprecationWarning)
     if output is not None:
         cfg["output"] = output
     if quick:

@@ -186,7 +186,7 @@ def run(config_path: str, output: str | None = None, quick: bool = False, progre
     log.table("summary", rows)
     from ldiff.figures import diagnostics_figure, vorticity_figure
 
-    log.figure("vorticity", vorticity_figure(results, list(strategies), list(operators), normalizer, dx, dy, periodic))
+    log.figure("vorticity", vorticity_figure(results, list(strategies), operators, normalizer, dx, dy, periodic))
     log.figure("diagnostics", diagnostics_figure(results, list(strategies), list(operators)))
     log.summary({f"{r['strategy']}/{r['operator']}/{k}": r[k] for r in rows for k in ("rmse_mean", "vorticity_corr_mean", "residual_ratio", "diverged", "flat")})
     log.finish()

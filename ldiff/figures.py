@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import xarray as xr  # noqa: E402
 
+from ldiff.observe import Operator  # noqa: E402
 from ldiff.physics import vorticity  # noqa: E402
 
 
@@ -27,21 +28,24 @@ def _physical(fields: np.ndarray, normalizer: dict) -> torch.Tensor:
     return x * std + mean
 
 
-def vorticity_figure(results: dict[tuple[str, str], xr.Dataset], strategies: list[str], operators: list[str], normalizer: dict, dx: float, dy: float, periodic: bool):
+def observed_points(op: Operator, field_shape: tuple[int, ...]) -> np.ndarray:
+    """Boolean (H, W): the grid nodes that feed an observation of the first channel."""
+    ones = torch.ones((1, *field_shape))
+    return (op.adjoint(op(ones), field_shape)[0, 0] != 0).numpy()
+
+
+def vorticity_figure(results: dict[tuple[str, str], xr.Dataset], strategies: list[str], operators: dict[str, Operator], normalizer: dict, dx: float, dy: float, periodic: bool):
     """Rows: truth, then one reconstruction (item 0, sample 0, first frame) per strategy;
     columns: operators. The truth row marks the observed points of each operator."""
-    first = results[(strategies[0], operators[0])]
+    first = results[(strategies[0], next(iter(operators)))]
     truth_w = vorticity(_physical(first["truth"].values[:1], normalizer), dx, dy, periodic)[0, 0].numpy()
     limit = float(np.abs(truth_w).max())
     fig, axes = plt.subplots(len(strategies) + 1, len(operators), figsize=(2.2 * len(operators), 2.2 * (len(strategies) + 1)), squeeze=False)
     for j, op_name in enumerate(operators):
         ax = axes[0, j]
         ax.imshow(truth_w, cmap="RdBu_r", vmin=-limit, vmax=limit, origin="lower")
-        stride = op_name.removeprefix("sub")
-        if stride.isdigit():
-            s = int(stride)
-            rows, cols = np.meshgrid(np.arange(0, truth_w.shape[0], s), np.arange(0, truth_w.shape[1], s), indexing="ij")
-            ax.scatter(cols.ravel(), rows.ravel(), s=0.3, c="k")
+        rows, cols = np.nonzero(observed_points(operators[op_name], first["truth"].shape[1:]))
+        ax.scatter(cols, rows, s=0.3, c="k")
         ax.set_title(f"truth, {op_name}", fontsize=8)
         for i, name in enumerate(strategies, start=1):
             ds = results[(name, op_name)]

@@ -104,3 +104,13 @@ def test_compare_refuses_a_misspelled_key(tmp_path, capsys):
     assert run("compare", "--config", str(path)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "stepz" in err[0]
+
+
+def test_the_figure_marks_exactly_the_observed_nodes():
+    from ldiff.figures import observed_points
+    from ldiff.observe import BlockMean, Pixels, Subsample
+
+    points = observed_points(Subsample(4, offset=1), (2, 9, 9))
+    assert points.sum() == 4 and points[1, 1] and points[5, 5] and not points[0, 0]  # rows and columns 1, 5
+    assert observed_points(BlockMean(3), (2, 9, 9)).all()
+    assert observed_points(Pixels.sensors((9, 9), [(2, 7)]), (2, 9, 9)).sum() == 1

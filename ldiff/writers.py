@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +31,8 @@ import numpy as np
 import torch
 import xarray as xr
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from ldiff.data.store import write_netcdf
 
 DIMS = {
     "recon": ("item", "sample", "channel", "y", "x"),
@@ -64,17 +65,6 @@ def merge_shards(shards: list[xr.Dataset]) -> xr.Dataset:
     ds = ds.sortby("item")
     _, first = np.unique(ds["item"].values, return_index=True)
     return ds.isel(item=first)
-
-
-def atomic_write(ds: xr.Dataset, path: Path) -> None:
-    """Write ``ds`` as NetCDF4 to a temporary name beside ``path``, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        ds.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class ReconstructionWriter(BasePredictionWriter):
@@ -112,7 +102,7 @@ class ReconstructionWriter(BasePredictionWriter):
         batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
         rank = trainer.global_rank
         if batches:
-            atomic_write(predictions_to_dataset(batches), self._shard(rank))
+            write_netcdf(predictions_to_dataset(batches), self._shard(rank))
         trainer.strategy.barrier()
         if rank == 0:
             shards = [self._shard(r) for r in range(trainer.world_size) if self._shard(r).exists()]
@@ -130,7 +120,7 @@ class ReconstructionWriter(BasePredictionWriter):
                 merged = self.finalize(merged)
             elif hasattr(pl_module, "score"):
                 merged = pl_module.score(merged)
-            atomic_write(merged, self.output)
+            write_netcdf(merged, self.output)
             for shard in shards:
                 shard.unlink()
         trainer.strategy.barrier()

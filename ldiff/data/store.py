@@ -89,9 +89,15 @@ def validate(ds: xr.Dataset, path: str | os.PathLike) -> None:
 
 
 def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
-    """Write ``ds`` to ``path`` atomically (temporary file, then rename)."""
-    path = Path(path)
+    """Validate ``ds`` and write it to ``path`` atomically (:func:`write_netcdf`)."""
     validate(ds, path)
+    return write_netcdf(ds, path)
+
+
+def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
+    """Write any Dataset as NetCDF4 to a temporary name beside ``path``, then rename:
+    an interrupted write never leaves a half file at ``path``."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -15,17 +15,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import xarray as xr  # noqa: E402
 
+from ldiff.data.normalizer import Normalizer  # noqa: E402
 from ldiff.observe import Operator  # noqa: E402
 from ldiff.physics import vorticity  # noqa: E402
-
-
-def _physical(fields: np.ndarray, normalizer: dict) -> torch.Tensor:
-    """(B, 2T, H, W) normalised -> physical units with the (u, v) mean and std."""
-    x = torch.from_numpy(np.asarray(fields, dtype=np.float64))
-    channels = x.shape[1]
-    mean = torch.as_tensor(normalizer["mean"], dtype=torch.float64).repeat(channels // 2)[:, None, None]
-    std = torch.as_tensor(normalizer["std"], dtype=torch.float64).repeat(channels // 2)[:, None, None]
-    return x * std + mean
 
 
 def observed_points(op: Operator, field_shape: tuple[int, ...]) -> np.ndarray:
@@ -38,7 +30,8 @@ def vorticity_figure(results: dict[tuple[str, str], xr.Dataset], strategies: lis
     """Rows: truth, then one reconstruction (item 0, sample 0, first frame) per strategy;
     columns: operators. The truth row marks the observed points of each operator."""
     first = results[(strategies[0], next(iter(operators)))]
-    truth_w = vorticity(_physical(first["truth"].values[:1], normalizer), dx, dy, periodic)[0, 0].numpy()
+    to_physical = Normalizer.from_state(normalizer).denormalize
+    truth_w = vorticity(to_physical(torch.from_numpy(first["truth"].values[:1]).double()), dx, dy, periodic)[0, 0].numpy()
     limit = float(np.abs(truth_w).max())
     fig, axes = plt.subplots(len(strategies) + 1, len(operators), figsize=(2.2 * len(operators), 2.2 * (len(strategies) + 1)), squeeze=False)
     for j, op_name in enumerate(operators):
@@ -50,7 +43,7 @@ def vorticity_figure(results: dict[tuple[str, str], xr.Dataset], strategies: lis
         for i, name in enumerate(strategies, start=1):
             ds = results[(name, op_name)]
             recon = ds["recon"].values[:1, 0]
-            w = vorticity(_physical(np.nan_to_num(recon), normalizer), dx, dy, periodic)[0, 0].numpy()
+            w = vorticity(to_physical(torch.from_numpy(np.nan_to_num(recon)).double()), dx, dy, periodic)[0, 0].numpy()
             ax = axes[i, j]
             ax.imshow(w, cmap="RdBu_r", vmin=-limit, vmax=limit, origin="lower")
             corr = ds.attrs.get("metric_vorticity_corr_mean", np.nan)

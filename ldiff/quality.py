@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from ldiff.data.normalizer import Normalizer
 from ldiff.diffusion.sampler import PredictorCorrector
 from ldiff.diffusion.schedules import Schedule
 from ldiff.physics import energy_spectrum, vorticity
@@ -41,13 +42,6 @@ class Quality:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _denormalize(x: Tensor, normalizer: dict[str, Tensor]) -> Tensor:
-    channels = x.shape[1]
-    mean = torch.as_tensor(normalizer["mean"], dtype=x.dtype).repeat(channels // 2)[:, None, None]
-    std = torch.as_tensor(normalizer["std"], dtype=x.dtype).repeat(channels // 2)[:, None, None]
-    return x * std + mean
 
 
 @torch.no_grad()
@@ -81,7 +75,8 @@ def measure(
         x1 = torch.randn((min(batch, samples - start), *data.shape[1:]), generator=generator)
         c = None if cond is None else cond.expand(x1.shape[0], *cond.shape)
         drawn.append(sampler.sample(lambda x, t: model(x, t, c), x1, generator))
-    fields = {name: _denormalize(x.double(), normalizer) for name, x in (("samples", torch.cat(drawn)), ("data", data))}
+    to_physical = Normalizer.from_state(normalizer).denormalize
+    fields = {name: to_physical(x.double()) for name, x in (("samples", torch.cat(drawn)), ("data", data))}
     spectra = {name: energy_spectrum(x, dx, dy)[1].mean(dim=(0, 1)) for name, x in fields.items()}
     ratio = (spectra["samples"][1 : k_max + 1] / spectra["data"][1 : k_max + 1]).tolist()
     w = {name: vorticity(x, dx, dy, periodic).std().item() for name, x in fields.items()}

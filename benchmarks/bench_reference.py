@@ -60,7 +60,8 @@ from ldiff.diffusion.denoise import Denoiser
 from ldiff.diffusion.sampler import PredictorCorrector
 from ldiff.diffusion.schedules import CosineSchedule
 from ldiff.guidance.base import Observation
-from ldiff.guidance.dps_sum import DPSSum, check_state, record
+from ldiff.guidance.base import check_state, record
+from ldiff.guidance.dps_sum import DPSSum
 from ldiff.lit.inference import InferenceModule, item_generator
 from ldiff.nets.gaussian import GaussianPrior
 from ldiff.observe import Subsample, observe

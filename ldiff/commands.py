@@ -98,6 +98,10 @@ def add_quality_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument("--k-max", type=int, default=16)
     parser.add_argument("--condition", nargs="*", default=[], help="the prior's condition channels (its data.condition)")
     parser.add_argument("-o", "--output", help="JSON file for the numbers (for the model card)")
+    parser.add_argument("--jacobian", metavar="GAUSSIAN.pt", help="instead: compare the network's Tweedie covariance with this Gaussian fit's over t (ldiff baseline)")
+    parser.add_argument("--t", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0], help="times for --jacobian")
+    parser.add_argument("--strides", type=int, nargs="+", default=[2, 4, 8, 16], help="subsampling strides for --jacobian")
+    parser.add_argument("--items", type=int, default=8, help="data windows for --jacobian")
     parser.set_defaults(func=run_quality)
     return parser
 
@@ -113,6 +117,8 @@ def run_quality(args: argparse.Namespace) -> None:
     data.normalizer.load_state_dict(normalizer)
     data.setup()
     attrs, windows = data.attrs, data.test_windows()
+    if args.jacobian:
+        return run_jacobian(args, net, schedule, windows)
     cond = windows["cond"][0] if "cond" in windows else None
     result = measure(net, schedule, normalizer, windows["x"], float(attrs["dx"]), float(attrs["dy"]),
                      bool(int(attrs["periodic"])), samples=args.samples, steps=args.steps, k_max=args.k_max, cond=cond)
@@ -120,6 +126,36 @@ def run_quality(args: argparse.Namespace) -> None:
         write_json(Path(args.output), result.as_dict())
     print(f"spectrum ratio (k = 1..{args.k_max}): {result.spectrum_ratio_min:.3f} .. {result.spectrum_ratio_max:.3f}; "
           f"vorticity std {result.vorticity_std_samples:.3f} vs data {result.vorticity_std_data:.3f} (ratio {result.vorticity_std_ratio:.3f})")
+
+
+def run_jacobian(args: argparse.Namespace, net, schedule, windows: dict) -> None:
+    """``ldiff quality --jacobian``: the Rayleigh-quotient table and the agreement threshold."""
+    from ldiff.nets.gaussian import load_state
+    from ldiff.observe import Subsample
+    from ldiff.quality import jacobian_agreement
+    from ldiff.tracking import write_json
+
+    power = load_state(args.jacobian)[0].float()
+    x = windows["x"][: args.items]
+    if tuple(power.shape) != tuple(x.shape[1:]):
+        raise ValueError(f"{args.jacobian}: Gaussian fit is for fields {tuple(power.shape)}, the data are {tuple(x.shape[1:])}")
+    cond = windows["cond"][: args.items] if "cond" in windows else None
+    operators = {f"sub{s}": Subsample(s) for s in args.strides}
+    result = jacobian_agreement(net, schedule, power, x, operators, args.t, cond=cond)
+    table = Table(title=f"e^T A V A^T e / |e|^2: network vs Gaussian fit ({len(x)} windows, 4 probes each; neg = share <= 0)")
+    for column in ("t", "σ/μ", *result.operators):
+        table.add_column(column, justify="right")
+    for i, t in enumerate(result.t):
+        cells = [f"{n:.3g} vs {g:.3g}" + (f" (neg {100 * q:.0f}%)" if q else "") for n, g, q in zip(result.network[i], result.gaussian[i], result.negative[i])]
+        table.add_row(f"{t:g}", f"{result.snr_inv[i]:.3g}", *cells)
+    Console(width=160).print(table)
+    if args.output:
+        write_json(Path(args.output), result.as_dict())
+    if result.agrees_up_to_t is None:
+        print(f"this prior's Jacobian disagrees with its Gaussian fit (beyond a factor {result.tolerance}) already at t = {result.t[0]:g}")
+    else:
+        print(f"this prior's Jacobian agrees with its Gaussian fit (within a factor {result.tolerance}) for t <= {result.agrees_up_to_t:g} "
+              f"(sigma/mu <= {result.agrees_up_to_snr_inv:.3g}): MMPS(known_above={result.agrees_up_to_snr_inv:.3g})")
 
 
 def add_export_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

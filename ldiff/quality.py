@@ -9,6 +9,10 @@ Two measured numbers go into every model card:
 
 Samples come from SDA's predictor-corrector with the prior's own epsilon; spectra and
 vorticity use :mod:`ldiff.physics` on the data's grid.
+
+A third measurement, :func:`jacobian_agreement` (``ldiff quality --jacobian``), tells how
+far up in t the network's Tweedie covariance agrees with the prior's Gaussian fit: the
+threshold of ``mmps``'s known-covariance regime.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from torch import Tensor, nn
 from ldiff.data.normalizer import Normalizer
 from ldiff.diffusion.sampler import PredictorCorrector
 from ldiff.diffusion.schedules import Schedule
+from ldiff.observe import Operator
 from ldiff.physics import energy_spectrum, vorticity
 
 
@@ -94,4 +99,120 @@ def measure(
         vorticity_std_ratio=w["samples"] / w["data"],
         velocity_std_data=velocity["data"],
         velocity_std_samples=velocity["samples"],
+    )
+
+
+@dataclass
+class JacobianAgreement:
+    r"""The network's Tweedie covariance against the Gaussian fit's, over t (see
+    :func:`jacobian_agreement`).
+
+    Attributes:
+        t, snr_inv: the diffusion times and their :math:`\sigma/\mu`, ascending in t.
+        operators: the operator names, in column order.
+        network, gaussian: mean Rayleigh quotients, ``[t][operator]``.
+        negative: fraction of the network's quotients that are <= 0, ``[t][operator]``.
+        agrees_up_to_t, agrees_up_to_snr_inv: the largest t (and its :math:`\sigma/\mu`)
+            up to which every quotient is positive and within a factor ``tolerance`` of
+            the Gaussian's at every operator; None if not even the smallest t agrees.
+        tolerance: that factor.
+    """
+
+    t: list[float]
+    snr_inv: list[float]
+    operators: list[str]
+    network: list[list[float]]
+    gaussian: list[list[float]]
+    negative: list[list[float]]
+    agrees_up_to_t: float | None
+    agrees_up_to_snr_inv: float | None
+    tolerance: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def jacobian_agreement(
+    model: nn.Module,
+    schedule: Schedule,
+    power: Tensor,
+    data: Tensor,
+    operators: dict[str, Operator],
+    times: list[float],
+    probes: int = 4,
+    tolerance: float = 2.0,
+    seed: int = 0,
+    cond: Tensor | None = None,
+) -> JacobianAgreement:
+    r"""Rayleigh quotients :math:`q = e^T A V A^T e / |e|^2` of the network's Tweedie
+    covariance :math:`V = (\sigma^2/\mu)\, \partial\hat x/\partial x_t` at noised data
+    :math:`x_t = \mu x + \sigma\varepsilon`, against those of the stationary Gaussian fit's
+    :math:`V_G = F^H \operatorname{diag}(\sigma^2 P/(\mu^2 P + \sigma^2)) F`, for random
+    probes :math:`e \sim \mathcal{N}(0, I)` in observation space.
+
+    This is what ``mmps`` relies on: its solve needs :math:`A V A^T` positive definite and
+    close to right. As :math:`\sigma/\mu \to \infty` the true :math:`\mathbb{V}[x \mid x_t]`
+    tends to the data covariance, which the Gaussian fit holds exactly for stationary
+    data, so disagreement at large t measures the network's Jacobian error; at small t
+    both tend to :math:`(\sigma/\mu)^2 I`. The largest t up to which they agree sets
+    ``MMPS(known_above=...)``.
+
+    Args:
+        model: epsilon model (normalised units).
+        power: the Gaussian fit's eigenvalues, shape (C, H, W) (:class:`GaussianPrior`).
+        data: fields, shape (B, C, H, W), normalised units.
+        operators: name -> observation operator.
+        times: diffusion times to probe.
+        probes: probes per field and time.
+        cond: condition channels (B, C_cond, H, W), or None.
+    """
+    from ldiff.nets.gaussian import tweedie_cov
+
+    generator = torch.Generator().manual_seed(seed)
+    times = sorted(float(t) for t in times)
+    network, gaussian, negative = [], [], []
+    field = tuple(data.shape[1:])
+    for time in times:
+        t = torch.full((data.shape[0],), time, dtype=data.dtype)
+        mu, sigma = schedule.coefficients(t, data)
+        eps = torch.randn(data.shape, generator=generator, dtype=data.dtype)
+        x = (mu * data + sigma * eps).requires_grad_(True)
+        with torch.enable_grad():
+            x_hat = (x - sigma * model(x, t, cond)) / mu
+        row_net, row_gauss, row_neg = [], [], []
+        for op in operators.values():
+            q_net, q_gauss = [], []
+            for _ in range(probes):
+                e = torch.randn(op(data).shape, generator=generator, dtype=data.dtype)
+                u = op.adjoint(e, field)
+                (ju,) = torch.autograd.grad(x_hat, x, u, retain_graph=True)
+                scale = e.flatten(1).square().sum(dim=1)
+                q_net.append(((sigma**2 / mu) * ju * u).flatten(1).sum(dim=1) / scale)
+                q_gauss.append((tweedie_cov(power, u, mu, sigma) * u).flatten(1).sum(dim=1) / scale)
+            q_net, q_gauss = torch.cat(q_net), torch.cat(q_gauss)
+            row_net.append(q_net.mean().item())
+            row_gauss.append(q_gauss.mean().item())
+            row_neg.append((q_net <= 0).float().mean().item())
+        network.append(row_net)
+        gaussian.append(row_gauss)
+        negative.append(row_neg)
+    agrees = None
+    for i, time in enumerate(times):
+        ok = all(
+            negative[i][j] == 0 and 1 / tolerance <= network[i][j] / gaussian[i][j] <= tolerance
+            for j in range(len(operators))
+        )
+        if not ok:
+            break
+        agrees = time
+    return JacobianAgreement(
+        t=times,
+        snr_inv=[float(schedule.snr_inv(t)) for t in times],
+        operators=list(operators),
+        network=network,
+        gaussian=gaussian,
+        negative=negative,
+        agrees_up_to_t=agrees,
+        agrees_up_to_snr_inv=None if agrees is None else float(schedule.snr_inv(agrees)),
+        tolerance=tolerance,
     )

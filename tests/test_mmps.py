@@ -1,6 +1,9 @@
 """mmps on the Gaussian oracle, where it is exact: the Tweedie covariance, the guided
-Tweedie estimate equal to E[x | x_t, y] (dense conditioning), posterior quality close to
-exact samples at every N, independence, bad input."""
+Tweedie estimate equal to E[x | x_t, y] (dense conditioning) with the network's and with
+the known covariance, posterior quality close to exact samples at every N, finite samples
+from an oracle whose Jacobian is made indefinite, independence, bad input."""
+
+import unittest.mock
 
 import pytest
 import torch
@@ -18,9 +21,13 @@ from oracle import (
 )
 
 from ldiff.diffusion.denoise import Denoiser, tweedie
+from ldiff.diffusion.sampler import PredictorCorrector
 from ldiff.guidance.base import Diagnostics, Observation
 from ldiff.guidance.mmps import MMPS
-from ldiff.nets.gaussian import _fft, _ifft
+from ldiff.linalg import truncated_cg
+from ldiff.nets.gaussian import GaussianPrior, _fft, _ifft
+from ldiff.observe import Subsample
+from ldiff.quality import jacobian_agreement
 
 
 @pytest.mark.parametrize("t", [0.1, 0.5, 0.9])
@@ -42,7 +49,10 @@ def test_tweedie_covariance_is_exact(t):
 
 
 @pytest.mark.parametrize("t", [0.1, 0.5, 0.9])
-def test_guided_estimate_is_the_exact_conditional_mean(t):
+@pytest.mark.parametrize("regime", ["network", "known"])
+def test_guided_estimate_is_the_exact_conditional_mean(t, regime):
+    """With the network's covariance (VJPs, known_above = inf) and with the prior's own
+    Gaussian as the known covariance (known_above tiny: FFTs, no VJP) alike."""
     pb = problem(stride=4, batch=2)
     prior = pb.prior.double()
     obs = Observation(pb.obs.y.double(), pb.obs.op, STD, FIELD_SHAPE)
@@ -50,25 +60,48 @@ def test_guided_estimate_is_the_exact_conditional_mean(t):
     noise = torch.randn((2, *FIELD_SHAPE), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     x_t = prior.schedule.perturb(pb.truth.double(), tt, noise)
     d = Diagnostics()
-    eps_tilde = MMPS(maxiter=300).guided_eps(Denoiser(prior, prior.schedule), x_t, tt, obs, d)
+    if regime == "network":
+        strategy = MMPS(maxiter=300, known_above=float("inf"))
+    else:
+        strategy = MMPS(known_above=1e-9, covariance=pb.prior, known_maxiter=300)
+    eps_tilde = strategy.guided_eps(Denoiser(prior, prior.schedule), x_t, tt, obs, d)
     x_hat = tweedie(x_t, eps_tilde, *prior.schedule.coefficients(tt, x_t))
     exact = dense_conditional_mean(prior, x_t, t, obs.y, obs.op, STD)
     assert relative_rmse(x_hat, exact).max() < 1e-6
-    assert d.stacked()["gamma_share"].isnan().all()
+    stacked = d.stacked()
+    assert stacked["gamma_share"].isnan().all()
+    assert (stacked["known"] == (1.0 if regime == "known" else 0.0)).all()
+    assert (stacked["cg_truncated"] == 0).all()
+
+
+def test_isotropic_known_covariance_is_the_unit_gaussian_conditioning():
+    """Without a Gaussian fit the known regime uses V = sigma^2/(mu^2 + sigma^2) I, the
+    exact covariance under x ~ N(0, I): the guided estimate is then E[x | x_t, y] of the
+    unit white prior, which the dense conditioning gives with P = 1."""
+    pb = problem(stride=4, batch=2)
+    white = GaussianPrior(pb.prior.schedule, torch.ones(FIELD_SHAPE), torch.zeros(2)).double()
+    obs = Observation(pb.obs.y.double(), pb.obs.op, STD, FIELD_SHAPE)
+    tt = torch.full((2,), 0.9, dtype=torch.float64)
+    x_t = white.schedule.perturb(pb.truth.double(), tt, torch.randn((2, *FIELD_SHAPE), dtype=torch.float64))
+    eps_tilde = MMPS(known_above=1.0).guided_eps(Denoiser(white, white.schedule), x_t, tt, obs, None)
+    x_hat = tweedie(x_t, eps_tilde, *white.schedule.coefficients(tt, x_t))
+    assert relative_rmse(x_hat, dense_conditional_mean(white, x_t, 0.9, obs.y, obs.op, STD)).max() < 1e-9
 
 
 @pytest.mark.parametrize(
     "stride, exact_error, error_bound, residual",
-    # Measured (K = 32, 64 DDIM steps, maxiter 8): mean error 0.208 / 0.100 / 0.042 against
+    # Measured (K = 32, 64 DDIM steps, maxiter 8, the prior's own Gaussian as the known
+    # covariance above sigma/mu = 10): mean error 0.208 / 0.100 / 0.042 against
     # 0.237 / 0.104 / 0.045 for 32 exact samples; one sample's residual 1.02 / 0.88 / 0.89
-    # std against 0.81 / 1.04 / 0.99 for one exact sample.
+    # std against 0.81 / 1.04 / 0.99 for one exact sample. (Without the Gaussian, the
+    # isotropic known covariance gives 0.390 / 0.177 / 0.054: white where the prior is red.)
     [(8, 0.237, 0.25, 1.02), (4, 0.104, 0.12, 0.88), (2, 0.045, 0.05, 0.89)],
 )
 def test_posterior_quality_is_close_to_exact_at_every_n(stride, exact_error, error_bound, residual):
     k = 32
     pb = problem(stride=stride)
     exact = pb.posterior_samples(k)
-    x = sample(MMPS(maxiter=8), pb, k)
+    x = sample(MMPS(maxiter=8, covariance=pb.prior), pb, k)
     assert relative_rmse(sample_mean(exact, k), pb.posterior_mean).item() == pytest.approx(exact_error, abs=0.005)
     assert relative_rmse(sample_mean(x, k), pb.posterior_mean).item() < error_bound
     assert residual_rms(x[:1], pb.obs).item() / STD == pytest.approx(residual, abs=0.05)
@@ -78,9 +111,94 @@ def test_one_iteration_is_close():
     """Measured (stride 2, maxiter 1): mean error 0.059 (exact samples 0.045), residual 0.93 std."""
     k = 32
     pb = problem(stride=2)
-    x = sample(MMPS(maxiter=1), pb, k)
+    x = sample(MMPS(maxiter=1, covariance=pb.prior), pb, k)
     assert relative_rmse(sample_mean(x, k), pb.posterior_mean).item() < 0.07
     assert 0.85 < residual_rms(x[:1], pb.obs).item() / STD < 1.0
+
+
+class IndefiniteJacobian(torch.nn.Module):
+    r"""The oracle's exact epsilon plus a ripple whose value is small and whose Jacobian is
+    a large symmetric indefinite matrix at large t, as a network's trained with the epsilon
+    loss: :math:`\hat\varepsilon \to \hat\varepsilon - (g/\sigma) \nabla\phi(x_t)`
+    with :math:`\phi = c^2 \sum_i (1 - \cos((S x_t)_i / c))`, :math:`S` a symmetric Fourier
+    multiplier of random signs and :math:`g(t) = \beta` where :math:`\sigma/\mu > 3`, 0
+    elsewhere. The Tweedie covariance becomes
+    :math:`V + g (\sigma/\mu)^2 S \operatorname{diag}(\cos(S x_t / c)) S`: a symmetric
+    perturbation growing like :math:`(\sigma/\mu)^2`, :math:`10^6` at t = 1, while
+    :math:`|\delta\hat\varepsilon| \le g c / \sigma`."""
+
+    def __init__(self, prior: GaussianPrior, beta: float = 1.0, c: float = 1e-2):
+        super().__init__()
+        self.prior, self.beta, self.c = prior, beta, c
+        signs = torch.randint(0, 2, FIELD_SHAPE, generator=torch.Generator().manual_seed(9)) * 2.0 - 1.0
+        # a real multiplier even in k (P(k) = P(-k)) is a symmetric operator
+        self.signs = torch.sign(signs + torch.roll(torch.flip(signs, (-2, -1)), (1, 1), (-2, -1)) + 0.5)
+
+    def ripple_gradient(self, x_t):
+        s = lambda v: _ifft(_fft(v) * self.signs)  # noqa: E731
+        return self.c * s(torch.sin(s(x_t) / self.c))
+
+    def forward(self, x_t, t, cond=None):
+        mu, sigma = self.prior.schedule.coefficients(t, x_t)
+        gate = torch.where(sigma / mu > 3, self.beta, 0.0)
+        return self.prior(x_t, t) - gate / sigma * self.ripple_gradient(x_t)
+
+
+def test_indefinite_jacobian_gives_finite_samples():
+    """Every setting gives finite samples on the perturbed oracle; the Jacobian diagnostic
+    finds where the perturbation starts (sigma/mu = 3), and with that threshold mmps's
+    samples are those of the unperturbed oracle."""
+    pb = problem(stride=4, batch=2)
+    bad = Denoiser(IndefiniteJacobian(pb.prior), pb.prior.schedule)
+    k = 4
+    obs = pb.obs.repeat(k)
+    x1 = torch.randn((obs.y.shape[0], *FIELD_SHAPE), generator=torch.Generator().manual_seed(2))
+    sampler = PredictorCorrector(pb.prior.schedule, steps=32)
+    # the perturbation does make V indefinite at large t: probes see both signs
+    tt = torch.full((1,), 0.95)
+    x = pb.truth[:1].clone().requires_grad_(True)
+    _, x_hat = bad(x, tt)
+    mu, sigma = pb.prior.schedule.coefficients(tt, x)
+    quotients = []
+    for seed in range(8):
+        probe = torch.randn((1, *FIELD_SHAPE), generator=torch.Generator().manual_seed(seed))
+        (jv,) = torch.autograd.grad(x_hat, x, probe, retain_graph=True)
+        quotients.append((sigma**2 / mu * jv * probe).sum().item())
+    assert min(quotients) < 0 < max(quotients)
+    # the diagnostic: agreement up to the last grid time below sigma/mu = 3
+    times = [0.1, 0.3, 0.5, 0.6, 0.65, 0.7, 0.8, 0.9, 1.0]
+    found = jacobian_agreement(bad.model, pb.prior.schedule, pb.prior.power, pb.truth, {"sub4": Subsample(4)}, times)
+    assert found.agrees_up_to_t == 0.6 and found.agrees_up_to_snr_inv < 3 < pb.prior.schedule.snr_inv(0.65)
+    # plain conjugate gradients (no truncation) at the network's covariance everywhere
+    plain = MMPS(known_above=float("inf"))
+    plain_solver = "ldiff.guidance.mmps.truncated_cg"
+    with unittest.mock.patch(plain_solver, lambda f, b, maxiter, curvature_floor=0.0, **kw: truncated_cg(f, b, maxiter, curvature_floor=-float("inf"))):
+        assert not torch.isfinite(plain.reconstruct(bad, obs, x1, sampler)).all()
+    for strategy in (MMPS(known_above=float("inf")), MMPS(covariance=pb.prior), MMPS()):
+        d = Diagnostics()
+        x = strategy.reconstruct(bad, obs, x1, sampler, diagnostics=d)
+        assert torch.isfinite(x).all(), strategy
+    assert d.stacked()["known"].any() and d.stacked()["cg_truncated"].any()
+    measured = MMPS(covariance=pb.prior, known_above=found.agrees_up_to_snr_inv)
+    exact = MMPS(covariance=pb.prior, known_above=found.agrees_up_to_snr_inv).reconstruct(pb.denoiser, obs, x1, sampler)
+    x = measured.reconstruct(bad, obs, x1, sampler)
+    torch.testing.assert_close(residual_rms(x, obs), residual_rms(exact, obs), rtol=0.02, atol=0)
+    # measured 0.037-0.042: the ripple's value, |delta eps| <= c / sigma, still moves the
+    # prior's own steps; the guidance no longer amplifies it
+    assert relative_rmse(x, exact).max() < 0.06
+
+
+def test_truncated_cg_stops_at_negative_curvature_and_solves_the_rest():
+    """Sample 0's map is indefinite (eigenvalues 2, -1), sample 1's positive definite: sample
+    1 is solved exactly, sample 0 stops without dividing by its curvature."""
+    m = torch.stack([torch.diag(torch.tensor([2.0, -1.0])), torch.tensor([[2.0, 0.5], [0.5, 1.0]])])
+    b = torch.tensor([[0.1, 1.0], [1.0, 2.0]])
+    solve = truncated_cg(lambda v: torch.einsum("bij,bj->bi", m, v), b, maxiter=10, rtol=1e-12)
+    assert torch.isfinite(solve.x).all()
+    assert solve.truncated.tolist() == [True, False]
+    torch.testing.assert_close(solve.x[1], torch.linalg.solve(m[1], b[1]))
+    assert solve.iterations.tolist() == [0, 2]
+    torch.testing.assert_close(solve.x[0], torch.zeros(2))
 
 
 def test_samples_are_independent():

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ldiff.diffusion.denoise import epsilon_loss
+from ldiff.diffusion.precond import SkipPreconditioned
 from ldiff.diffusion.schedules import CosineSchedule
 from ldiff.lit.ema import averaged_copy, check_decay, update_average
 from ldiff.lit.prior import VAL_SEED, ScorePrior, check_channels, is_plain, lr_factor
@@ -127,10 +128,10 @@ def test_validation_loss_uses_the_averaged_net_and_a_fixed_generator():
     with torch.no_grad():
         module.online.conv.weight.add_(1.0)  # online and averaged weights now differ
     batch = batches(1, seed=3)[0]
-    first, second = module.held_out_loss(batch, 7), module.held_out_loss(batch, 7)
+    (first, first_eps), (second, _) = module.held_out_loss(batch, 7), module.held_out_loss(batch, 7)
     generator = torch.Generator().manual_seed(VAL_SEED + 7)
     expected = epsilon_loss(module.net, batch["x"], module.schedule, generator=generator)
-    assert first.item() == second.item() == expected.item()
+    assert first.item() == second.item() == expected.item() == first_eps.item()
     generator = torch.Generator().manual_seed(VAL_SEED + 7)
     online = epsilon_loss(module.online, batch["x"], module.schedule, generator=generator)
     assert online.item() != first.item()
@@ -161,3 +162,30 @@ def test_objects_in_hyperparameters_are_refused_at_checkpoint_time():
     with pytest.raises(ValueError, match="hyperparameter 'net' is a Tiny object"):
         module.on_save_checkpoint({"hyper_parameters": dict(module.hparams)})
     assert is_plain({"a": [1, 2.0, "x", None, (True,)]}) and not is_plain({"a": torch.zeros(1)})
+
+
+def test_edm_weighting_is_the_network_output_loss_at_unit_weight():
+    """With eps_hat = c_skip x_t + c_out F, the "edm" loss equals mean (F - F*)^2 with
+    F* = (eps - c_skip x_t) / c_out, computed here by hand from the same draws."""
+    torch.manual_seed(0)
+    schedule = CosineSchedule(eta=1e-3)
+    raw = Tiny()
+    model = SkipPreconditioned(raw, schedule)
+    x = torch.randn(6, 2, 8, 8)
+    loss = epsilon_loss(model, x, schedule, generator=torch.Generator().manual_seed(5), weighting="edm")
+    generator = torch.Generator().manual_seed(5)
+    t = torch.rand(6, generator=generator)
+    eps = torch.randn(x.shape, generator=generator)
+    mu, sigma = schedule.coefficients(t, x)
+    x_t = mu * x + sigma * eps
+    total = mu**2 + sigma**2
+    target = (eps - sigma / total * x_t) / (mu / total.sqrt())
+    expected = (raw(x_t, t, None) - target).square().mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    plain = epsilon_loss(model, x, schedule, generator=torch.Generator().manual_seed(5))
+    assert plain.item() < 0.5 * loss.item()  # the epsilon loss down-weights F by c_out^2 <= 1
+
+
+def test_loss_weighting_is_checked_by_name():
+    with pytest.raises(ValueError, match="loss_weighting must be one of"):
+        ScorePrior(Tiny(), CosineSchedule(), loss_weighting="snr")

@@ -6,20 +6,44 @@ output gives the score and, by Tweedie's formula, the posterior mean of the clea
 .. math:: \nabla_{x_t} \log p(x_t) = -\hat\varepsilon / \sigma, \qquad
           \hat x = \mathbb{E}[x \mid x_t] = (x_t - \sigma \hat\varepsilon) / \mu .
 
-It is trained with the denoising score-matching loss in epsilon form,
-:math:`\mathbb{E}_{t \sim U(0,1), x, \varepsilon} \| \hat\varepsilon(x_t, t) - \varepsilon \|^2`.
+It is trained with the denoising score-matching loss in epsilon form with a weight
+:math:`\lambda(t)`,
+:math:`\mathbb{E}_{t \sim U(0,1), x, \varepsilon}\, \lambda(t) \| \hat\varepsilon(x_t, t) - \varepsilon \|^2`
+(:data:`LOSS_WEIGHTINGS`):
+
+- ``"epsilon"``: :math:`\lambda = 1` (Ho et al. 2020).
+- ``"edm"``: :math:`\lambda = (\mu^2 + \sigma^2)/\mu^2 = 1/c_{out}^2`, with
+  :math:`c_{out} = \mu/\sqrt{\mu^2 + \sigma^2}` of the skip preconditioning
+  (:mod:`ldiff.diffusion.precond`). With :math:`\hat\varepsilon = c_{skip} x_t + c_{out} F`
+  the weighted loss is :math:`\| F - F^* \|^2`, :math:`F^* = (\varepsilon - c_{skip} x_t)/c_{out}`:
+  the network's own output has unit weight at every noise level. It is EDM's weighting
+  (Karras et al. 2022, their :math:`\lambda = 1/c_{out}^2`): in EDM's variables
+  :math:`\tilde x = x_t/\mu`, :math:`\sigma_e = \sigma/\mu` the Tweedie estimate reads
+  :math:`\hat x = \tilde x/(1 + \sigma_e^2) - \sigma_e F/\sqrt{1 + \sigma_e^2}`, EDM's
+  :math:`c_{skip}, c_{out}` for unit data variance. The epsilon loss instead weights
+  :math:`F` by :math:`c_{out}^2`, about :math:`10^{-6}` at :math:`t = 1` of SDA's cosine
+  schedule (:math:`\mu = \eta = 10^{-3}`), which leaves :math:`\partial\hat x/\partial x_t`
+  there untrained: the Jacobian that ``mmps``'s Tweedie covariance multiplies by
+  :math:`\sigma^2/\mu`.
 
 References:
+    Karras, Aittala, Aila & Laine, "Elucidating the Design Space of Diffusion-Based
+    Generative Models", NeurIPS 2022, arXiv:2206.00364 (loss weighting).
     Ho et al., "Denoising Diffusion Probabilistic Models", NeurIPS 2020, arXiv:2006.11239.
     Efron, "Tweedie's formula and selection bias", JASA 2011.
 """
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor, nn
 
 from ldiff.diffusion.schedules import Schedule
+
+LossWeighting = Literal["epsilon", "edm"]
+LOSS_WEIGHTINGS = get_args(LossWeighting)
 
 
 def tweedie(x_t: Tensor, eps_hat: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
@@ -35,14 +59,25 @@ def tweedie(x_t: Tensor, eps_hat: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
     return (x_t - sigma * eps_hat) / mu
 
 
-def epsilon_loss(
+def loss_weight(weighting: str, schedule: Schedule, t: Tensor) -> Tensor:
+    r"""The weight :math:`\lambda(t)` of ``weighting`` (see the module docstring), shape of ``t``."""
+    if weighting == "epsilon":
+        return torch.ones_like(t)
+    if weighting == "edm":
+        mu, sigma = schedule.mu(t).to(t), schedule.sigma(t).to(t)
+        return (mu**2 + sigma**2) / mu**2
+    raise ValueError(f"loss weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
+
+
+def epsilon_errors(
     net: nn.Module,
     x: Tensor,
     schedule: Schedule,
     cond: Tensor | None = None,
     generator: torch.Generator | None = None,
-) -> Tensor:
-    r"""Denoising score-matching loss :math:`\operatorname{mean} (\hat\varepsilon - \varepsilon)^2`.
+) -> tuple[Tensor, Tensor]:
+    r"""Draw :math:`t \sim U(0, 1)` and :math:`\varepsilon` per sample and return
+    ``(t, err)``: ``t`` (B,) and the per-sample :math:`\operatorname{mean}(\hat\varepsilon - \varepsilon)^2`, (B,).
 
     Args:
         net: epsilon model, ``net(x_t, t, cond) -> eps_hat``.
@@ -50,14 +85,29 @@ def epsilon_loss(
         schedule: the noise schedule.
         cond: condition channels, shape (B, C_cond, H, W), or None.
         generator: optional RNG for ``t`` and ``eps`` (reproducible losses).
-
-    Returns:
-        The scalar loss.
     """
     t = torch.rand(x.shape[0], device=x.device, generator=generator, dtype=x.dtype)
     eps = torch.randn(x.shape, device=x.device, generator=generator, dtype=x.dtype)
     x_t = schedule.perturb(x, t, eps)
-    return (net(x_t, t, cond) - eps).square().mean()
+    return t, (net(x_t, t, cond) - eps).square().flatten(1).mean(dim=1)
+
+
+def epsilon_loss(
+    net: nn.Module,
+    x: Tensor,
+    schedule: Schedule,
+    cond: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    weighting: LossWeighting = "epsilon",
+) -> Tensor:
+    r"""The weighted denoising loss :math:`\operatorname{mean}_b \lambda(t_b) \operatorname{mean}(\hat\varepsilon - \varepsilon)^2`
+    (arguments as :func:`epsilon_errors`; ``weighting`` one of :data:`LOSS_WEIGHTINGS`).
+
+    Returns:
+        The scalar loss.
+    """
+    t, err = epsilon_errors(net, x, schedule, cond, generator)
+    return (loss_weight(weighting, schedule, t) * err).mean()
 
 
 class Denoiser:

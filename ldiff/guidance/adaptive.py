@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from ldiff.guidance.base import ScoreGuidance, norm, record
-from ldiff.guidance.dps_sum import check_non_negative, check_positive, check_state, sda_score, sda_variance
+from ldiff.guidance.base import ScoreGuidance, check_non_negative, check_positive, check_state, norm, record, sda_score, sda_variance
 
 
 class Adaptive(ScoreGuidance):

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from ldiff.diffusion.denoise import Denoiser
+from ldiff.diffusion.schedules import Schedule
 from ldiff.diffusion.sampler import PredictorCorrector, StepCallback
 from ldiff.observe import Operator, check_std
 
@@ -140,6 +141,76 @@ def record(
         nonfinite=(~torch.isfinite(correction)).flatten(1).any(dim=1).float(),
         **extra,
     )
+
+
+def check_state(x_t: Tensor, obs: Observation) -> None:
+    """Refuse a state that does not match the observations (field shape or batch size)."""
+    if tuple(x_t.shape[1:]) != obs.field_shape:
+        raise ValueError(f"state x_t has fields of shape {tuple(x_t.shape[1:])}, but the observations are of fields {obs.field_shape}")
+    if x_t.shape[0] != obs.y.shape[0]:
+        raise ValueError(
+            f"state x_t holds {x_t.shape[0]} samples but y holds {obs.y.shape[0]} observation sets; use obs.repeat(k)"
+        )
+
+
+def check_non_negative(owner: str, name: str, value: float) -> float:
+    """``value`` as a float, or ``ValueError`` if it is negative or not finite."""
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{owner}: {name} must be finite and >= 0, got {value}")
+    return float(value)
+
+
+def check_positive(owner: str, name: str, value: float) -> float:
+    """``value`` as a float, or ``ValueError`` if it is not finite and > 0."""
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{owner}: {name} must be finite and > 0, got {value}")
+    return float(value)
+
+
+def sda_variance(schedule: Schedule, t: Tensor, y: Tensor, std: float | Tensor, gamma: float) -> tuple[Tensor, Tensor]:
+    r"""SDA's :math:`\mathrm{var} = s^2 + \gamma (\sigma/\mu)^2` and the share of the
+    :math:`\gamma` term in it, both broadcastable against ``y`` (B, *obs_shape).
+
+    Args:
+        t: diffusion times, shape (B,).
+        std: observation noise std, float or broadcastable against ``y``.
+    """
+    mu, sigma = schedule.coefficients(t, y)
+    gamma_term = gamma * (sigma / mu) ** 2
+    var = torch.as_tensor(std, dtype=y.dtype, device=y.device) ** 2 + gamma_term
+    return var, gamma_term / var
+
+
+def tweedie_score(
+    denoiser: Denoiser, x_t: Tensor, t: Tensor, log_likelihood: Callable[[Tensor], Tensor]
+) -> tuple[Tensor, Tensor]:
+    r"""``(eps_hat, g)`` with :math:`g = \nabla_{x_t} \ell(\hat x(x_t))`, the gradient taken
+    through the denoiser: one forward pass and one vector-Jacobian product.
+
+    Args:
+        x_t: noisy states, shape (B, C, H, W).
+        t: diffusion times, shape (B,).
+        log_likelihood: maps ``x_hat`` (B, C, H, W) to per-sample values (B,). Summing them
+            over the batch before differentiating keeps samples independent.
+
+    Returns:
+        ``eps_hat`` (detached) and ``g``, both of shape (B, C, H, W).
+    """
+    x = x_t.detach().requires_grad_(True)
+    with torch.enable_grad():
+        eps_hat, x_hat = denoiser(x, t)
+        (g,) = torch.autograd.grad(log_likelihood(x_hat).sum(), x)
+    return eps_hat.detach(), g
+
+
+def sda_score(denoiser: Denoiser, x_t: Tensor, t: Tensor, obs: Observation, var: Tensor) -> tuple[Tensor, Tensor]:
+    r"""``(eps_hat, g)`` with :math:`g = \nabla_{x_t} -\tfrac12 \sum_j (y - A\hat x)_j^2/\mathrm{var}_j`,
+    both of shape (B, C, H, W); ``var`` broadcastable against ``obs.y``."""
+
+    def log_likelihood(x_hat: Tensor) -> Tensor:
+        return -0.5 * ((obs.y - obs.op(x_hat)).square() / var).flatten(1).sum(dim=1)
+
+    return tweedie_score(denoiser, x_t, t, log_likelihood)
 
 
 class Strategy:

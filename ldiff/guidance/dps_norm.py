@@ -38,8 +38,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ldiff.guidance.base import ScoreGuidance, norm, record
-from ldiff.guidance.dps_sum import check_positive, check_state, tweedie_score
+from ldiff.guidance.base import ScoreGuidance, check_positive, check_state, norm, record, tweedie_score
 
 
 class DPSNorm(ScoreGuidance):

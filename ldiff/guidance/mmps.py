@@ -18,52 +18,131 @@ true score, so the vector-Jacobian product :math:`J^T v` serves). With
           g = \nabla_{x_t} \log p(y \mid x_t) = J^T A^T w, \quad
           (s^2 I + A V A^T)\, w = y - A\hat x ,
 
-(:math:`V` held fixed), and :math:`w` is found by conjugate gradients in observation
-space, ``maxiter`` iterations. The guided epsilon :math:`\tilde\varepsilon = \hat\varepsilon - \sigma g`
-has the Tweedie estimate :math:`\hat x + (\sigma^2/\mu) J^T A^T w = \hat x + V A^T w`, the
-Gaussian conditioning of :math:`\mathcal{N}(\hat x, V)` on ``y``. For a Gaussian prior both
-moments are exact, and with CG run to convergence the guided Tweedie estimate *is*
-:math:`\mathbb{E}[x \mid x_t, y]` at every ``t`` and the sampler targets the exact
-posterior. There is no scale to tune: :math:`A V A^T` is the likelihood's own
-``N``-aware covariance, which is what makes it fit at the noise level for every ``N``.
+(:math:`V` held fixed), and the guided epsilon :math:`\tilde\varepsilon = \hat\varepsilon - \sigma g`
+has the Tweedie estimate :math:`\hat x + V A^T w`: the Gaussian conditioning of
+:math:`\mathcal{N}(\hat x, V)` on ``y``. For a Gaussian prior both moments are exact, and
+with the solve converged the guided Tweedie estimate *is* :math:`\mathbb{E}[x \mid x_t, y]`
+at every ``t``. There is no scale to tune: :math:`A V A^T` is the likelihood's own
+``N``-aware covariance, which keeps the fit at the noise level for every ``N``.
 
-Cost per evaluation: one forward pass and ``maxiter + 1`` vector-Jacobian products (plus one
-host sync per CG iteration for its stopping test).
+**Where the network's covariance cannot be trusted.** :math:`V = (\sigma^2/\mu) J`
+multiplies any error of the Jacobian by :math:`\sigma/\mu` (1000 at :math:`t = 1` of SDA's
+cosine schedule with :math:`\eta = 10^{-3}`), and a network trained with the epsilon loss
+has an essentially untrained Jacobian there (:mod:`ldiff.diffusion.denoise`): its ``V``
+is indefinite, and plain CG divides by negative curvature. Two safeguards:
+
+- **Known-covariance regime**, :math:`\sigma/\mu >` ``known_above``. As
+  :math:`\sigma/\mu \to \infty`, :math:`\mathbb{V}[x \mid x_t]` tends to the data covariance
+  :math:`\Sigma`, which the prior's stationary Gaussian fit
+  (:class:`~ldiff.nets.gaussian.GaussianPrior`, ``covariance`` = its file) gives exactly:
+  :math:`V_G = F^H \operatorname{diag}(\sigma^2 P/(\mu^2 P + \sigma^2)) F`. Without a fit,
+  the unit-variance (normalised data) model gives :math:`V = \sigma^2/(\mu^2 + \sigma^2) I`.
+  Then :math:`w` solves :math:`(s^2 I + A V_G A^T) w = y - A\hat x` (CG on a truly
+  positive-definite map, ``known_maxiter`` iterations, or closed form for the isotropic
+  model, :math:`A A^T = c I`), and the correction is taken through the same covariance,
+  :math:`\sigma g = (\mu/\sigma) V_G A^T w`, no Jacobian product: the guided Tweedie
+  estimate is again :math:`\hat x + V_G A^T w`.
+- **Truncated CG** elsewhere (:func:`ldiff.linalg.truncated_cg`, Steihaug 1983): a sample
+  stops at the first direction whose curvature is at most :math:`s^2 |p|^2`, i.e. where
+  :math:`A V A^T` shows non-positive curvature; no step ever divides by it.
+
+The threshold is a measurement of the prior, not a constant: ``ldiff quality --jacobian``
+compares the network's Rayleigh quotients :math:`e^T A V A^T e / |e|^2` with the Gaussian
+fit's over t and prints the largest :math:`\sigma/\mu` up to which they agree. With
+``known_above = inf`` the network's covariance is used at every t (the original MMPS).
+
+Cost per evaluation: one forward pass and up to ``maxiter + 1`` vector-Jacobian products
+in the network regime; one forward pass (no backward) and ``known_maxiter`` FFT pairs in
+the known regime.
+
+Diagnostics, besides the common ones: ``known`` (1 where the known covariance was
+used), ``cg_iterations`` and ``cg_truncated`` (1 where CG stopped at non-positive
+curvature), per sample and step.
 
 References:
     Rozet et al., "Learning Diffusion Priors from Observations by Expectation
     Maximization", NeurIPS 2024, arXiv:2405.13712.
+    Steihaug, "The Conjugate Gradient Method and Trust Regions in Large Scale
+    Optimization", SIAM J. Numer. Anal. 20(3), 1983.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
-from ldiff.guidance.base import ScoreGuidance, record
-from ldiff.guidance.dps_sum import check_state
-from ldiff.linalg import conjugate_gradient
+from ldiff.diffusion.denoise import tweedie
+from ldiff.guidance.base import ScoreGuidance, check_state, record
+from ldiff.linalg import truncated_cg
+from ldiff.nets.gaussian import GaussianPrior, load_state, tweedie_cov
 
 
 class MMPS(ScoreGuidance):
     r""":math:`\tilde\varepsilon = \hat\varepsilon - \sigma J^T A^T (s^2 I + A V A^T)^{-1}(y - A\hat x)`
-    with :math:`V = (\sigma^2/\mu) J` (see the module docstring).
+    with :math:`V = (\sigma^2/\mu) J`, or a known covariance where :math:`\sigma/\mu` is
+    large (see the module docstring).
 
     Args:
-        maxiter: conjugate-gradient iterations for the observation-space solve.
+        maxiter: truncated-CG iterations with the network's covariance.
+        known_above: use the known covariance where :math:`\sigma/\mu` exceeds this
+            (``inf``: never; measure it with ``ldiff quality --jacobian``).
+        covariance: the prior's stationary Gaussian fit, a :class:`GaussianPrior` or the
+            path of its file (:meth:`GaussianPrior.save`, normalised units); None: the
+            isotropic unit-variance model.
+        known_maxiter: CG iterations with the Gaussian fit's covariance.
     """
 
     name = "mmps"
 
-    def __init__(self, maxiter: int = 1):
-        if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter < 1:
-            raise ValueError(f"MMPS: maxiter must be an integer >= 1, got {maxiter!r}")
-        self.maxiter = maxiter
+    def __init__(
+        self,
+        maxiter: int = 3,
+        known_above: float = 10.0,
+        covariance: str | os.PathLike | GaussianPrior | None = None,
+        known_maxiter: int = 10,
+    ):
+        for key, value in (("maxiter", maxiter), ("known_maxiter", known_maxiter)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"MMPS: {key} must be an integer >= 1, got {value!r}")
+        if not (isinstance(known_above, (int, float)) and known_above > 0):
+            raise ValueError(f"MMPS: known_above must be a number > 0 (inf: never), got {known_above!r}")
+        self.maxiter, self.known_maxiter = maxiter, known_maxiter
+        self.known_above = float(known_above)
+        self.covariance = None if covariance is None else str(covariance) if not isinstance(covariance, GaussianPrior) else "GaussianPrior"
+        if isinstance(covariance, GaussianPrior):
+            self._power = covariance.power.detach()
+        elif covariance is not None:
+            self._power = load_state(covariance)[0].float()
+        else:
+            self._power = None
 
     def guided_eps(self, denoiser, x_t, t, obs, diagnostics):
         check_state(x_t, obs)
         mu, sigma = denoiser.schedule.coefficients(t, x_t)
+        known = (sigma / mu).flatten() > self.known_above
         noise_var = torch.as_tensor(obs.std, dtype=obs.y.dtype, device=obs.y.device) ** 2
+        if bool(known.all()):
+            with torch.no_grad():
+                eps_hat, x_hat = denoiser(x_t, t)
+            correction, iterations, truncated = self._known(obs, x_hat, mu, sigma, noise_var)
+        else:
+            eps_hat, correction, iterations, truncated = self._network(denoiser, x_t, t, obs, mu, sigma, noise_var)
+            if bool(known.any()):
+                _, known_correction, known_iterations, _ = self._known(obs, tweedie(x_t, eps_hat, mu, sigma), mu, sigma, noise_var)
+                mask = known.view(-1, *(1,) * (x_t.dim() - 1))
+                correction = torch.where(mask, known_correction, correction)
+                iterations = torch.where(known, known_iterations, iterations)
+                truncated = truncated & ~known
+        record(
+            diagnostics, t, eps_hat, correction,
+            known=known.float(), cg_iterations=iterations.float(), cg_truncated=truncated.float(),
+        )
+        return eps_hat - correction
+
+    def _network(self, denoiser, x_t, t, obs, mu, sigma, noise_var):
+        """The network's covariance: truncated CG with VJPs; ``(eps_hat, sigma g, iterations, truncated)``."""
         x = x_t.detach().requires_grad_(True)
         with torch.enable_grad():
             eps_hat, x_hat = denoiser(x, t)
@@ -71,14 +150,42 @@ class MMPS(ScoreGuidance):
         def jacobian_t(v: Tensor, keep: bool = True) -> Tensor:
             return torch.autograd.grad(x_hat, x, v, retain_graph=keep)[0]
 
-        def adjoint(w: Tensor) -> Tensor:
-            return obs.op.adjoint(w, obs.field_shape)
-
         def cov_y(w: Tensor) -> Tensor:
-            return noise_var * w + obs.op(sigma**2 / mu * jacobian_t(adjoint(w)))
+            return noise_var * w + obs.op(sigma**2 / mu * jacobian_t(obs.op.adjoint(w, obs.field_shape)))
 
-        w = conjugate_gradient(cov_y, obs.y - obs.op(x_hat.detach()), maxiter=self.maxiter)
-        correction = sigma * jacobian_t(adjoint(w), keep=False)
-        eps_hat = eps_hat.detach()
-        record(diagnostics, t, eps_hat, correction)
-        return eps_hat - correction
+        floor = noise_var.min() if noise_var.dim() else noise_var
+        solve = truncated_cg(cov_y, obs.y - obs.op(x_hat.detach()), maxiter=self.maxiter, curvature_floor=floor)
+        correction = sigma * jacobian_t(obs.op.adjoint(solve.x, obs.field_shape), keep=False)
+        return eps_hat.detach(), correction, solve.iterations, solve.truncated
+
+    def _known(self, obs, x_hat, mu, sigma, noise_var):
+        """The known covariance (Gaussian fit or isotropic); ``(sigma g, iterations, truncated)``."""
+        residual = obs.y - obs.op(x_hat.detach())
+        batch = residual.shape[0]
+        if self._power is None:
+            var = sigma**2 / (mu**2 + sigma**2)
+            w = residual / (noise_var + obs.op.aat * var.reshape(-1, *(1,) * (residual.dim() - 1)))
+            field = var * obs.op.adjoint(w, obs.field_shape)
+            iterations = torch.zeros(batch, dtype=torch.long, device=residual.device)
+        else:
+            power = self._power.to(residual.device)
+            if tuple(power.shape) != tuple(obs.field_shape):
+                raise ValueError(f"MMPS: covariance {self.covariance} is for fields {tuple(power.shape)}, not {tuple(obs.field_shape)}")
+
+            def cov(v: Tensor) -> Tensor:
+                return tweedie_cov(power, v, mu, sigma)
+
+            def cov_y(w: Tensor) -> Tensor:
+                return noise_var * w + obs.op(cov(obs.op.adjoint(w, obs.field_shape)))
+
+            solve = truncated_cg(cov_y, residual, maxiter=self.known_maxiter, rtol=1e-6)
+            field, iterations = cov(obs.op.adjoint(solve.x, obs.field_shape)), solve.iterations
+        # Tweedie estimate x_hat + V A^T w  <=>  eps_hat - (mu / sigma) V A^T w
+        return (mu / sigma) * field, iterations, torch.zeros(batch, dtype=torch.bool, device=residual.device)
+
+    def __repr__(self) -> str:
+        return (
+            f"MMPS(maxiter={self.maxiter}, known_above={self.known_above}, covariance={self.covariance!r}, "
+            f"known_maxiter={self.known_maxiter})"
+        )
+

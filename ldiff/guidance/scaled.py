@@ -39,8 +39,8 @@ import math
 
 from torch import Tensor
 
-from ldiff.guidance.base import Observation
-from ldiff.guidance.dps_sum import DPSSum, check_non_negative, check_positive
+from ldiff.guidance.base import Observation, check_non_negative, check_positive
+from ldiff.guidance.dps_sum import DPSSum
 
 
 def _power_rule(value: float | Tensor, r: float, exponent: float, floor: float) -> float | Tensor:

@@ -3,9 +3,12 @@ r"""``ScorePrior``: trains an epsilon network as a diffusion prior (``ldiff fit`
 The module owns only the training logic around two plain-PyTorch pieces it receives, an
 epsilon network and a VP schedule (chosen in YAML by ``class_path``):
 
-- **Loss.** Denoising score matching in epsilon form,
-  :math:`\mathcal{L} = \operatorname{mean}(\hat\varepsilon(\mu x + \sigma\varepsilon, t) - \varepsilon)^2`,
-  :math:`t \sim U(0, 1)` (:func:`ldiff.diffusion.denoise.epsilon_loss`).
+- **Loss.** Denoising score matching in epsilon form with a weight :math:`\lambda(t)`,
+  :math:`\mathcal{L} = \operatorname{mean}\, \lambda(t) (\hat\varepsilon(\mu x + \sigma\varepsilon, t) - \varepsilon)^2`,
+  :math:`t \sim U(0, 1)` (:func:`ldiff.diffusion.denoise.epsilon_loss`): ``loss_weighting``
+  ``"epsilon"`` (:math:`\lambda = 1`) or ``"edm"`` (:math:`\lambda = 1/c_{out}^2`, unit
+  weight on the network's output at every t, which trains the Jacobian of
+  :math:`\hat x` at large t where ``mmps`` needs it).
 - **Optimiser.** AdamW (Loshchilov & Hutter 2019) with learning rate
   :math:`\eta_k = \eta\, f(k / K)` at optimiser step :math:`k` of
   :math:`K` = ``trainer.estimated_stepping_batches``:
@@ -15,7 +18,8 @@ epsilon network and a VP schedule (chosen in YAML by ``class_path``):
   (:mod:`ldiff.lit.ema`), ``online`` the weights the optimiser steps. Validation and
   every later use (sampling, ``load_prior``) read ``net``; the checkpoint's
   ``state_dict`` holds both, ``net.*`` (the prior) and ``online.*`` (for exact resume).
-- **Validation loss** draws :math:`t` and :math:`\varepsilon` from a generator seeded by
+- **Validation loss** (``val/loss``, with the training weighting; ``val/loss_epsilon``,
+  unweighted, comparable across weightings) draws :math:`t` and :math:`\varepsilon` from a generator seeded by
   the batch index, so ``val/loss`` compares across epochs: it changes only with the
   weights.
 - **Checkpoint.** Besides Lightning's state, the checkpoint stores the data normaliser's
@@ -46,7 +50,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from ldiff.diffusion.denoise import epsilon_loss
+from ldiff.diffusion.denoise import LOSS_WEIGHTINGS, LossWeighting, epsilon_errors, epsilon_loss, loss_weight
 from ldiff.diffusion.precond import SkipPreconditioned
 from ldiff.diffusion.schedules import CosineSchedule, Schedule
 from ldiff.lit.ema import averaged_copy, check_decay, update_average
@@ -84,6 +88,7 @@ class ScorePrior(L.LightningModule):
         precondition: wrap ``net`` in :class:`~ldiff.diffusion.precond.SkipPreconditioned`
             (recorded in the checkpoint; :func:`~ldiff.lit.checkpoint.load_prior` rebuilds
             the same model).
+        loss_weighting: ``"epsilon"`` or ``"edm"`` (see the module docstring).
 
     Batches are dicts with ``x`` (B, C, H, W) in normalised units and optionally ``cond``
     (B, C_cond, H, W).
@@ -98,18 +103,22 @@ class ScorePrior(L.LightningModule):
         lr_schedule: LRSchedule = "cosine",
         ema_decay: float = 0.999,
         precondition: bool = True,
+        loss_weighting: LossWeighting = "epsilon",
     ):
         super().__init__()
         if lr <= 0 or weight_decay < 0:
             raise ValueError(f"ScorePrior: need lr > 0 and weight_decay >= 0, got {lr}, {weight_decay}")
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"ScorePrior: lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"ScorePrior: loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
         self.save_hyperparameters()
         self.online = SkipPreconditioned(net, schedule) if precondition else net
         self.net = averaged_copy(self.online)
         self.schedule = schedule
         self.lr, self.weight_decay, self.lr_schedule = lr, weight_decay, lr_schedule
         self.ema_decay = check_decay(ema_decay)
+        self.loss_weighting = loss_weighting
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """The averaged network's epsilon: (B, C, H, W), (B,) -> (B, C, H, W)."""
@@ -126,26 +135,31 @@ class ScorePrior(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         x = batch["x"]
-        loss = epsilon_loss(self.online, x, self.schedule, batch.get("cond"))
+        loss = epsilon_loss(self.online, x, self.schedule, batch.get("cond"), weighting=self.loss_weighting)
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.held_out_loss(batch, batch_idx)
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch["x"].shape[0], sync_dist=True)
-        return loss
+        return self._log_held_out("val", batch, batch_idx, prog_bar=True)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.held_out_loss(batch, batch_idx)
-        self.log("test/loss", loss, batch_size=batch["x"].shape[0], sync_dist=True)
+        return self._log_held_out("test", batch, batch_idx)
+
+    def _log_held_out(self, stage: str, batch: dict[str, Tensor], batch_idx: int, prog_bar: bool = False) -> Tensor:
+        loss, unweighted = self.held_out_loss(batch, batch_idx)
+        size = batch["x"].shape[0]
+        self.log(f"{stage}/loss", loss, prog_bar=prog_bar, batch_size=size, sync_dist=True)
+        self.log(f"{stage}/loss_epsilon", unweighted, batch_size=size, sync_dist=True)
         return loss
 
-    def held_out_loss(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """The averaged network's loss with ``t`` and ``eps`` drawn from a generator seeded
-        ``VAL_SEED + batch_idx``: a function of the weights and the batch only."""
+    def held_out_loss(self, batch: dict[str, Tensor], batch_idx: int) -> tuple[Tensor, Tensor]:
+        """The averaged network's loss, weighted as in training and unweighted, with ``t``
+        and ``eps`` drawn from a generator seeded ``VAL_SEED + batch_idx``: a function of
+        the weights and the batch only."""
         x = batch["x"]
         generator = torch.Generator(device=x.device).manual_seed(VAL_SEED + batch_idx)
-        return epsilon_loss(self.net, x, self.schedule, batch.get("cond"), generator=generator)
+        t, err = epsilon_errors(self.net, x, self.schedule, batch.get("cond"), generator=generator)
+        return (loss_weight(self.loss_weighting, self.schedule, t) * err).mean(), err.mean()
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)

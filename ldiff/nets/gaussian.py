@@ -49,6 +49,36 @@ def _ifft(x: Tensor) -> Tensor:
     return torch.fft.ifft2(x, norm="ortho").real
 
 
+def tweedie_cov(power: Tensor, v: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
+    r""":math:`\mathbb{V}[x \mid x_t]\, v = F^H \operatorname{diag}\big(\sigma^2 P/(\mu^2 P + \sigma^2)\big) F v`,
+    the exact covariance of the clean field given :math:`x_t` under the stationary
+    Gaussian prior of eigenvalues ``power`` (C, H, W); it does not depend on :math:`x_t`
+    and tends to :math:`\Sigma` as :math:`\sigma/\mu \to \infty`.
+
+    Args:
+        v: shape (B, C, H, W).
+        mu, sigma: broadcastable against ``v``.
+    """
+    power = power.to(v)
+    return _ifft(_fft(v) * (sigma**2 * power / (mu**2 * power + sigma**2)))
+
+
+def load_state(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
+    """``(power, mean)`` of a file written by :meth:`GaussianPrior.save`, read weights
+    only (no pickled objects); ``ValueError`` naming the file if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such Gaussian prior file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        power, mean = state["power"], state["mean"]
+    except (KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as error:
+        raise ValueError(f"{path}: not a Gaussian prior file ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+    if not isinstance(power, Tensor) or not isinstance(mean, Tensor):
+        raise ValueError(f"{path}: not a Gaussian prior file ('power' and 'mean' must be tensors)")
+    return power, mean
+
+
 class GaussianPrior(nn.Module):
     """A stationary Gaussian prior with an exact epsilon (see the module docstring).
 
@@ -97,14 +127,11 @@ class GaussianPrior(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike, schedule: Schedule) -> "GaussianPrior":
         """Read a prior written by :meth:`save`, weights only (no pickled objects)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such Gaussian prior file")
+        power, mean = load_state(path)
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            return cls(schedule, state["power"], state["mean"])
-        except (KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as error:
-            raise ValueError(f"{path}: not a Gaussian prior file ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+            return cls(schedule, power, mean)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """Exact epsilon. ``x_t``: (B, C, H, W); ``t``: (B,) or scalar. ``cond`` is ignored."""
@@ -115,6 +142,10 @@ class GaussianPrior(nn.Module):
     def cov(self, v: Tensor) -> Tensor:
         r""":math:`\Sigma v` for ``v`` of shape (B, C, H, W)."""
         return _ifft(_fft(v) * self.power)
+
+    def tweedie_cov(self, v: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
+        r""":math:`\mathbb{V}[x \mid x_t]\, v` under this prior (see :func:`tweedie_cov`)."""
+        return tweedie_cov(self.power, v, mu, sigma)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` exact prior samples, shape (n, C, H, W)."""

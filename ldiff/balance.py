@@ -36,7 +36,7 @@ class BalanceRow:
 
     n_obs: int
     t: float
-    snr_inv: float  # sigma / mu
+    sigma_bar: float  # sigma / mu
     gamma_term: float  # gamma (sigma/mu)^2
     gamma_share_std_scaled: float  # gamma term / var with std scaled by sqrt(r)
     strength_none: float  # (N / var) / (N_ref / var_ref), no scaling
@@ -57,8 +57,8 @@ def balance_table(
         raise ValueError(f"balance: need std > 0, gamma >= 0 and positive counts, got std={std}, gamma={gamma}, n_ref={n_ref}, n_obs={list(n_obs)}")
     rows = []
     for t in times:
-        snr_inv = float(schedule.snr_inv(float(t)))
-        g = gamma * snr_inv**2
+        sigma_bar = float(schedule.sigma_bar(float(t)))
+        g = gamma * sigma_bar**2
         v_ref = std**2 + g
         for n in n_obs:
             r = n / n_ref
@@ -68,7 +68,7 @@ def balance_table(
                 BalanceRow(
                     n_obs=int(n),
                     t=float(t),
-                    snr_inv=snr_inv,
+                    sigma_bar=sigma_bar,
                     gamma_term=g,
                     gamma_share_std_scaled=g / v_std,
                     strength_none=r,

@@ -49,7 +49,7 @@ def run_balance(args: argparse.Namespace) -> None:
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(
-            f"{row.t:g}", f"{row.snr_inv:.3g}", f"{row.gamma_term:.3g}", f"{row.n_obs:,}",
+            f"{row.t:g}", f"{row.sigma_bar:.3g}", f"{row.gamma_term:.3g}", f"{row.n_obs:,}",
             f"{100 * row.gamma_share_std_scaled:.1f}%", f"{row.strength_none:.3g}", f"{row.strength_std:.2f}", f"{row.strength_dual:.2f}",
         )
     Console(width=160).print(table)
@@ -147,15 +147,30 @@ def run_jacobian(args: argparse.Namespace, net, schedule, windows: dict) -> None
         table.add_column(column, justify="right")
     for i, t in enumerate(result.t):
         cells = [f"{n:.3g} vs {g:.3g}" + (f" (neg {100 * q:.0f}%)" if q else "") for n, g, q in zip(result.network[i], result.gaussian[i], result.negative[i])]
-        table.add_row(f"{t:g}", f"{result.snr_inv[i]:.3g}", *cells)
+        table.add_row(f"{t:g}", f"{result.sigma_bar[i]:.3g}", *cells)
     Console(width=160).print(table)
     if args.output:
         write_json(Path(args.output), result.as_dict())
     if result.agrees_up_to_t is None:
-        print(f"this prior's Jacobian disagrees with its Gaussian fit (beyond a factor {result.tolerance}) already at t = {result.t[0]:g}")
+        print(f"this prior's Jacobian is indefinite or disagrees with its Gaussian fit (beyond a factor {result.tolerance}) already at t = {result.t[0]:g}")
     else:
-        print(f"this prior's Jacobian agrees with its Gaussian fit (within a factor {result.tolerance}) for t <= {result.agrees_up_to_t:g} "
-              f"(sigma/mu <= {result.agrees_up_to_snr_inv:.3g}): MMPS(known_above={result.agrees_up_to_snr_inv:.3g})")
+        print(f"this prior's Tweedie covariance is positive up to t = {result.agrees_up_to_t:g} and agrees with its Gaussian fit there (within a factor {result.tolerance}) "
+              f"(sigma/mu <= {result.agrees_up_to_sigma_bar:.3g}): MMPS(known_above={result.agrees_up_to_sigma_bar:.3g})")
+
+
+def run_oracle(args: argparse.Namespace) -> None:
+    """``ldiff compare`` of an ``oracle:`` config: the exact-posterior table."""
+    from ldiff.oracle import COLUMNS, run
+
+    rows = run(args.config, output=args.output, quick=args.quick, only=args.only)
+    table = Table(title=f"ldiff compare {args.config} (exact Gaussian prior; errors against the exact posterior)")
+    for column in COLUMNS:
+        table.add_column(column.replace("_", " "), justify="right")
+    for row in rows:
+        table.add_row(*[f"{row[c]:.3g}" if isinstance(row[c], float) else f"{row[c]:,}" if isinstance(row[c], int) else str(row[c]) for c in COLUMNS])
+    Console(width=200).print(table)
+    out = Path(args.output or load_yaml(args.config).get("output", "runs/ibpm-oracle"))
+    print(f"table: {out / 'tables' / 'summary.csv'}\nW&B (offline): {out / 'wandb'}")
 
 
 def add_export_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -177,6 +192,7 @@ def add_compare_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument("--config", required=True, help="compare config (configs/compare/*.yaml)")
     parser.add_argument("--output", help="run directory (overrides the config's output)")
     parser.add_argument("--quick", action="store_true", help="test mode: 1 item, 2 samples, 4 sampler steps")
+    parser.add_argument("--only", nargs="+", metavar="STRATEGY", help="run only these strategies of the config")
     parser.set_defaults(func=run_compare)
     return parser
 
@@ -193,9 +209,13 @@ def print_rows(rows: list[dict], title: str) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> None:
+    from ldiff.oracle import is_oracle_config
+
+    if is_oracle_config(args.config):
+        return run_oracle(args)
     from ldiff.compare import run
 
-    rows = run(args.config, output=args.output, quick=args.quick)
+    rows = run(args.config, output=args.output, quick=args.quick, only=args.only)
     print_rows(rows, f"ldiff compare {args.config}")
     out = Path(args.output or load_yaml(args.config).get("output", "runs/compare"))
     print(f"table: {out / 'tables' / 'summary.csv'}\nfigures: {out / 'figures'}\npredictions: {out / 'predictions'}\nW&B (offline): {out / 'wandb'}  (sync with `wandb sync`)")

@@ -107,10 +107,14 @@ QUICK = {"items": 1, "samples": 2, "steps": 4}
 """The test mode (``--quick``): the same sweep with one item, two samples, four steps."""
 
 
-def run(config_path: str, output: str | None = None, quick: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+def run(config_path: str, output: str | None = None, quick: bool = False, progress: bool = True, only: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the comparison of ``config_path`` (into ``output`` if given; in test mode,
-    :data:`QUICK`, if ``quick``); returns the summary rows."""
+    :data:`QUICK`, if ``quick``; only the strategies named in ``only``, if given); returns
+    the summary rows."""
+    from ldiff.oracle import select
+
     cfg = read_config(config_path)
+    cfg["strategies"] = select(cfg["strategies"], only, config_path)
     # one trainer per (strategy, operator): keep Lightning's per-trainer banners off the terminal
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -108,24 +108,26 @@ class JacobianAgreement:
     :func:`jacobian_agreement`).
 
     Attributes:
-        t, snr_inv: the diffusion times and their :math:`\sigma/\mu`, ascending in t.
+        t, sigma_bar: the diffusion times and their :math:`\sigma/\mu`, ascending in t.
         operators: the operator names, in column order.
         network, gaussian: mean Rayleigh quotients, ``[t][operator]``.
         negative: fraction of the network's quotients that are <= 0, ``[t][operator]``.
-        agrees_up_to_t, agrees_up_to_snr_inv: the largest t (and its :math:`\sigma/\mu`)
-            up to which every quotient is positive and within a factor ``tolerance`` of
-            the Gaussian's at every operator; None if not even the smallest t agrees.
+        agrees_up_to_t, agrees_up_to_sigma_bar: the largest t (and its :math:`\sigma/\mu`)
+            such that every quotient at that t and below is positive, and at that t within
+            a factor ``tolerance`` of the Gaussian's at every operator; None if there is
+            none. (At small t a trained network may legitimately differ from the
+            Gaussian, which is not the data; positivity is what ``mmps`` cannot do without.)
         tolerance: that factor.
     """
 
     t: list[float]
-    snr_inv: list[float]
+    sigma_bar: list[float]
     operators: list[str]
     network: list[list[float]]
     gaussian: list[list[float]]
     negative: list[list[float]]
     agrees_up_to_t: float | None
-    agrees_up_to_snr_inv: float | None
+    agrees_up_to_sigma_bar: float | None
     tolerance: float
 
     def as_dict(self) -> dict:
@@ -196,23 +198,22 @@ def jacobian_agreement(
         network.append(row_net)
         gaussian.append(row_gauss)
         negative.append(row_neg)
+    # scan up in t while the network's covariance stays positive on every probe; the
+    # threshold is the last time there where it also agrees with the Gaussian fit
     agrees = None
     for i, time in enumerate(times):
-        ok = all(
-            negative[i][j] == 0 and 1 / tolerance <= network[i][j] / gaussian[i][j] <= tolerance
-            for j in range(len(operators))
-        )
-        if not ok:
+        if any(share > 0 for share in negative[i]):
             break
-        agrees = time
+        if all(1 / tolerance <= network[i][j] / gaussian[i][j] <= tolerance for j in range(len(operators))):
+            agrees = time
     return JacobianAgreement(
         t=times,
-        snr_inv=[float(schedule.snr_inv(t)) for t in times],
+        sigma_bar=[float(schedule.sigma_bar(t)) for t in times],
         operators=list(operators),
         network=network,
         gaussian=gaussian,
         negative=negative,
         agrees_up_to_t=agrees,
-        agrees_up_to_snr_inv=None if agrees is None else float(schedule.snr_inv(agrees)),
+        agrees_up_to_sigma_bar=None if agrees is None else float(schedule.sigma_bar(agrees)),
         tolerance=tolerance,
     )

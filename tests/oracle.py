@@ -27,22 +27,11 @@ from ldiff.diffusion.denoise import Denoiser
 from ldiff.diffusion.sampler import PredictorCorrector
 from ldiff.diffusion.schedules import CosineSchedule, Schedule
 from ldiff.guidance.base import Diagnostics, Observation, ScoreGuidance, Strategy
-from ldiff.nets.gaussian import GaussianPrior
+from ldiff.nets.gaussian import GaussianPrior, power_law
 from ldiff.observe import Operator, Pixels, Subsample, observe
 
 FIELD_SHAPE = (2, 32, 32)
 STD = 0.1
-
-
-def power_law(field_shape=FIELD_SHAPE, slope: float = 4.0, k0: float = 2.0) -> Tensor:
-    r"""Fourier power :math:`P \propto (1 + |k|^2/k_0^2)^{-s/2}`, shape (C, H, W), with
-    :math:`\operatorname{mean} P = 1` (unit variance per grid value in the ortho basis)."""
-    c, h, w = field_shape
-    ky = torch.fft.fftfreq(h, 1.0 / h, dtype=torch.float64)
-    kx = torch.fft.fftfreq(w, 1.0 / w, dtype=torch.float64)
-    k2 = ky[:, None] ** 2 + kx[None, :] ** 2
-    power = (1 + k2 / k0**2) ** (-slope / 2)
-    return (power / power.mean()).expand(c, h, w).clone()
 
 
 def gaussian_prior(schedule: Schedule | None = None, field_shape=FIELD_SHAPE, slope: float = 4.0) -> GaussianPrior:

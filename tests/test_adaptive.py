@@ -68,3 +68,23 @@ def test_bad_input(case):
 def test_bad_parameters(kwargs, name):
     with pytest.raises(ValueError, match=name):
         Adaptive(**kwargs)
+
+
+def test_cap_never_scales_the_correction_up():
+    """Capped: the factor is min(1, xi ||eps|| / ||sigma g||). Observations 300x stronger
+    for sample 1 make its dps-sum correction exceed xi ||eps_hat||: it is scaled down to
+    xi ||eps_hat||; sample 0's weak correction (t = 0.95, ratio << xi) is left as dps-sum's."""
+    pb = problem(stride=4, batch=2)
+    obs = Observation(torch.stack([pb.obs.y[0], 300 * pb.obs.y[1]]), pb.obs.op, STD, pb.obs.field_shape)
+    tt = torch.full((2,), 0.95)
+    x_t = pb.prior.schedule.perturb(pb.truth, tt, torch.randn(pb.truth.shape, generator=torch.Generator().manual_seed(1)))
+    eps_hat, _ = pb.denoiser(x_t, tt)
+    dps = eps_hat - DPSSum().guided_eps(pb.denoiser, x_t, tt, obs, None)
+    ratio = dps.flatten(1).norm(dim=1) / eps_hat.flatten(1).norm(dim=1)
+    xi = float((ratio[0] * ratio[1]).sqrt())  # between the two samples' natural ratios
+    assert ratio[0] < xi / 3 and ratio[1] > 3 * xi
+    correction = eps_hat - Adaptive(xi=xi, cap=True).guided_eps(pb.denoiser, x_t, tt, obs, None)
+    torch.testing.assert_close(correction[0], dps[0], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(correction[1].norm(), xi * eps_hat[1].norm(), rtol=1e-5, atol=0)
+    uncapped = eps_hat - Adaptive(xi=xi).guided_eps(pb.denoiser, x_t, tt, obs, None)
+    assert uncapped[0].norm() > 1.5 * dps[0].norm()

@@ -27,7 +27,7 @@ def test_one_step_is_the_dense_proximal_solution():
 
     one = torch.ones(1)
     x_hat = (x1 - schedule.sigma(one) * prior(x1, one)) / schedule.mu(one)
-    weight = lam / float(schedule.snr_inv(1.0)) ** 2
+    weight = lam / float(schedule.sigma_bar(1.0)) ** 2
     a = op(torch.eye(36).reshape(36, *field)).reshape(36, -1).T.double()
     lhs = a.T @ a / std**2 + weight * torch.eye(36, dtype=torch.float64)
     rhs = a.T @ y.flatten().double() / std**2 + weight * x_hat.flatten().double()

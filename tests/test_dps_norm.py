@@ -60,3 +60,46 @@ def test_bad_input(case):
 def test_bad_zeta(zeta):
     with pytest.raises(ValueError, match="zeta"):
         DPSNorm(zeta)
+
+
+def test_constant_step_moves_every_predictor_step_by_zeta_grad():
+    """step='constant': the guidance's share of the predictor update
+    x_s - (r x_t + (sigma_s - r sigma_t) eps_hat) is -zeta' grad ||e|| at every t."""
+    from ldiff.diffusion.sampler import PredictorCorrector
+
+    from ldiff.diffusion.denoise import Denoiser
+    from ldiff.guidance.base import Observation
+
+    pb = problem(stride=4)  # in float64: the unguided update cancels to ~1e-5 in float32 at t = 1
+    prior = pb.prior.double()
+    pb.denoiser = Denoiser(prior, prior.schedule)
+    pb.obs = Observation(pb.obs.y.double(), pb.obs.op, STD, pb.obs.field_shape)
+    sampler = PredictorCorrector(pb.prior.schedule, steps=8)
+    seen = []
+
+    def record_step(i, s, x_prev, x):
+        seen.append((i, x_prev.clone(), x.clone()))
+        return x
+
+    strategy = DPSNorm(zeta=0.3, step="constant")
+    x1 = torch.randn((1, *pb.truth.shape[1:]), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    strategy.reconstruct(pb.denoiser, pb.obs, x1, sampler, callback=record_step)
+    grid = sampler.times().double()
+    for i, x_t, x_s in seen[:7]:
+        t, s = grid[i].expand(1), grid[i + 1].expand(1)
+        x = x_t.clone().requires_grad_(True)
+        eps_hat, x_hat = pb.denoiser(x, t)
+        (grad,) = torch.autograd.grad((pb.obs.y - pb.obs.op(x_hat)).flatten(1).norm(dim=1).sum(), x)
+        mu_t, sigma_t = pb.prior.schedule.coefficients(t, x)
+        mu_s, sigma_s = pb.prior.schedule.coefficients(s, x)
+        r = mu_s / mu_t
+        unguided = r * x_t + (sigma_s - r * sigma_t) * eps_hat.detach()
+        torch.testing.assert_close(x_s - unguided, -0.3 * grad, rtol=1e-6, atol=1e-9)
+
+
+def test_constant_step_needs_the_sampler_and_a_known_name():
+    pb = problem(stride=4)
+    with pytest.raises(ValueError, match="needs the sampler"):
+        DPSNorm(step="constant").guided_eps(pb.denoiser, pb.truth, torch.full((1,), 0.5), pb.obs, None)
+    with pytest.raises(ValueError, match="step must be"):
+        DPSNorm(step="paper")

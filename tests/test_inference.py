@@ -117,8 +117,14 @@ def test_bad_observations_are_refused():
         Observation(torch.zeros(1, 0, 8, 8), Frames(4, offset=3), 0.1, (4, 8, 8))
 
 
-def test_the_default_strategy_is_the_recommended_dps_sum():
+def test_the_default_strategy_is_mmps_with_the_prior_s_gaussian_fit():
+    from ldiff.guidance.mmps import MMPS
+    from ldiff.lit.inference import default_strategy
+
     module = InferenceModule(operator=Subsample(2))
-    assert isinstance(module.strategy, DPSSum) and module.strategy.gamma == 1e-2
+    assert isinstance(module.strategy, MMPS) and module.strategy.covariance is None
+    shipped = default_strategy("checkpoints/kolmogorov/prior.ckpt")
+    assert shipped.covariance == "checkpoints/kolmogorov/gaussian.pt" and shipped._power.shape == (2, 64, 64)
+    assert default_strategy("checkpoints/cylinder/prior.ckpt").covariance is None  # no gaussian.pt there
     with pytest.raises(ValueError, match="operator"):
         InferenceModule(DPSSum())

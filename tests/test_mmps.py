@@ -168,7 +168,7 @@ def test_indefinite_jacobian_gives_finite_samples():
     # the diagnostic: agreement up to the last grid time below sigma/mu = 3
     times = [0.1, 0.3, 0.5, 0.6, 0.65, 0.7, 0.8, 0.9, 1.0]
     found = jacobian_agreement(bad.model, pb.prior.schedule, pb.prior.power, pb.truth, {"sub4": Subsample(4)}, times)
-    assert found.agrees_up_to_t == 0.6 and found.agrees_up_to_snr_inv < 3 < pb.prior.schedule.snr_inv(0.65)
+    assert found.agrees_up_to_t == 0.6 and found.agrees_up_to_sigma_bar < 3 < pb.prior.schedule.sigma_bar(0.65)
     # plain conjugate gradients (no truncation) at the network's covariance everywhere
     plain = MMPS(known_above=float("inf"))
     plain_solver = "ldiff.guidance.mmps.truncated_cg"
@@ -179,8 +179,8 @@ def test_indefinite_jacobian_gives_finite_samples():
         x = strategy.reconstruct(bad, obs, x1, sampler, diagnostics=d)
         assert torch.isfinite(x).all(), strategy
     assert d.stacked()["known"].any() and d.stacked()["cg_truncated"].any()
-    measured = MMPS(covariance=pb.prior, known_above=found.agrees_up_to_snr_inv)
-    exact = MMPS(covariance=pb.prior, known_above=found.agrees_up_to_snr_inv).reconstruct(pb.denoiser, obs, x1, sampler)
+    measured = MMPS(covariance=pb.prior, known_above=found.agrees_up_to_sigma_bar)
+    exact = MMPS(covariance=pb.prior, known_above=found.agrees_up_to_sigma_bar).reconstruct(pb.denoiser, obs, x1, sampler)
     x = measured.reconstruct(bad, obs, x1, sampler)
     torch.testing.assert_close(residual_rms(x, obs), residual_rms(exact, obs), rtol=0.02, atol=0)
     # measured 0.037-0.042: the ripple's value, |delta eps| <= c / sigma, still moves the
@@ -217,3 +217,16 @@ def test_bad_input(case):
 def test_bad_maxiter(maxiter):
     with pytest.raises(ValueError, match="maxiter"):
         MMPS(maxiter)
+
+
+def test_jacobian_diagnostic_on_the_exact_oracle_agrees_at_every_t():
+    """The exact prior's Tweedie covariance is its Gaussian's: quotients equal to float32
+    precision wherever t <= 0.9, agreement up to t = 1."""
+    pb = problem(stride=4, batch=2)
+    times = [0.1, 0.5, 0.9, 1.0]
+    found = jacobian_agreement(pb.prior, pb.prior.schedule, pb.prior.power, pb.truth, {"sub4": Subsample(4), "sub2": Subsample(2)}, times)
+    assert found.agrees_up_to_t == 1.0
+    for i in range(3):
+        for net, gauss in zip(found.network[i], found.gaussian[i]):
+            assert net == pytest.approx(gauss, rel=1e-3)
+    assert found.negative == [[0.0, 0.0]] * 4

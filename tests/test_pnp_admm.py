@@ -34,7 +34,7 @@ def test_data_prox_zeroes_the_gradient(op):
 def test_noise_time_inverts_the_noise_to_signal_ratio(schedule):
     for sigma_bar in (0.01, 0.3, 1.0, 10.0, 100.0):
         t = noise_time(schedule, sigma_bar)
-        assert float(schedule.snr_inv(t)) == pytest.approx(sigma_bar, rel=1e-9)
+        assert float(schedule.sigma_bar(t)) == pytest.approx(sigma_bar, rel=1e-9)
     with pytest.raises(ValueError, match="rho_min"):
         noise_time(schedule, 1e4)
 

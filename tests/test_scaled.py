@@ -61,7 +61,7 @@ def test_dual_scaling_keeps_n_over_var_fixed_and_std_scaling_does_not(t):
     torch.testing.assert_close(dual, dual[1].expand(3), rtol=1e-6, atol=0)
     # std-scaled: N/var relative to stride 4 is 4 (std^2 + q) / (4 std^2 + q) at stride 2,
     # q = gamma (sigma/mu)^2: 1 where std^2 dominates (small t), up to 4 where q does.
-    q = 1e-2 * float(CosineSchedule(1e-3).snr_inv(t)) ** 2
+    q = 1e-2 * float(CosineSchedule(1e-3).sigma_bar(t)) ** 2
     std_only = strengths(StdScaled(N_REF), t)
     assert (std_only[2] / std_only[1]).item() == pytest.approx(4 * (STD**2 + q) / (4 * STD**2 + q), rel=1e-5)
     assert (std_only[0] / std_only[1]).item() == pytest.approx((STD**2 + q) / (STD**2 + 4 * q), rel=1e-5)

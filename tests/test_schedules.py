@@ -11,7 +11,7 @@ from ldiff.diffusion.schedules import CosineSchedule, LinearBetaSchedule
 @pytest.mark.parametrize("t, expected, half_unit", [(0.01, 0.045, 5e-4), (0.1, 0.340, 5e-4), (0.5, 3.41, 5e-3), (0.9, 58.8, 5e-2)])
 def test_linear_beta_sigma_over_mu_matches_the_seed_table(t, expected, half_unit):
     # within the rounding of the seed's printed digits
-    assert abs(LinearBetaSchedule().snr_inv(t).item() - expected) <= half_unit
+    assert abs(LinearBetaSchedule().sigma_bar(t).item() - expected) <= half_unit
 
 
 def test_linear_beta_closed_form_and_variance_preservation():
@@ -39,8 +39,8 @@ def test_cosine_closed_form(eta):
 def test_cosine_sigma_over_mu_is_not_the_seed_table():
     # The seed's sigma/mu table is linear-beta; SDA's cosine schedule differs by far.
     mu = math.cos(math.acos(0.1) / 2) ** 2
-    assert CosineSchedule(eta=1e-2).snr_inv(0.5).item() == pytest.approx(math.sqrt(1 - mu**2 + 1e-4) / mu, rel=1e-9)
-    assert CosineSchedule(eta=1e-2).snr_inv(0.5).item() < 0.5 * 3.41
+    assert CosineSchedule(eta=1e-2).sigma_bar(0.5).item() == pytest.approx(math.sqrt(1 - mu**2 + 1e-4) / mu, rel=1e-9)
+    assert CosineSchedule(eta=1e-2).sigma_bar(0.5).item() < 0.5 * 3.41
 
 
 def test_coefficients_broadcast_and_perturb():

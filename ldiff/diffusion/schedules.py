@@ -33,9 +33,11 @@ class Schedule:
     def sigma(self, t: Tensor | float) -> Tensor:
         raise NotImplementedError
 
-    def snr_inv(self, t: Tensor | float) -> Tensor:
-        r"""The noise-to-signal ratio :math:`\sigma(t)/\mu(t)`: the std of the Tweedie
-        estimate's error scale that SDA's ``gamma`` term uses."""
+    def sigma_bar(self, t: Tensor | float) -> Tensor:
+        r""":math:`\bar\sigma = \sigma(t)/\mu(t)`, the noise-to-signal ratio: the noise level
+        of :math:`x_t/\mu` (the variance-exploding form, DDRM's and EDM's
+        :math:`\sigma`), the scale of SDA's ``gamma`` term and of ``mmps``'s
+        known-covariance threshold. ldiff calls it ``sigma_bar`` everywhere."""
         return self.sigma(t) / self.mu(t)
 
     def coefficients(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:

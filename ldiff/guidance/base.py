@@ -234,6 +234,54 @@ class Strategy:
         return f"{type(self).__name__}({args})"
 
 
+class GridStrategy(Strategy):
+    r"""Strategies with their own transition (``ddrm``, ``diffpir``, ``pnp-admm``): one
+    loop over a time grid, a per-step function (as azula's ``Sampler.step``).
+
+    A subclass defines :meth:`start` (the state at the first time) and :meth:`step` (one
+    transition from ``t`` to ``s``); it may override :meth:`grid` (default: the sampler's
+    times, so budgets compare with the score strategies') and :meth:`result`. The state
+    is a dict whose ``"x"`` is the iterate the sampler callback sees and may replace
+    (the divergence guard), shape (B, C, H, W).
+    """
+
+    def grid(self, denoiser: Denoiser, sampler: PredictorCorrector, like: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """``(t, s)`` per step, each of shape (B,): by default consecutive sampler times."""
+        times = sampler.times(like.device).to(like.dtype)
+        batch = like.shape[0]
+        return [(times[i].expand(batch), times[i + 1].expand(batch)) for i in range(sampler.steps)]
+
+    def start(self, denoiser: Denoiser, obs: Observation, x1: Tensor, t: Tensor) -> dict[str, Tensor]:
+        """The state at the first time ``t`` (B,) from the initial noise ``x1`` (B, C, H, W)."""
+        raise NotImplementedError
+
+    def step(
+        self, denoiser: Denoiser, obs: Observation, state: dict[str, Tensor], t: Tensor, s: Tensor,
+        noise: Callable[[], Tensor], diagnostics: Diagnostics | None,
+    ) -> dict[str, Tensor]:
+        """One transition from ``t`` to ``s`` (both (B,)); ``noise()`` draws a standard
+        normal tensor shaped like the field from the run's generator."""
+        raise NotImplementedError
+
+    def result(self, state: dict[str, Tensor]) -> Tensor:
+        """The reconstruction from the final state: by default ``state["x"]``."""
+        return state["x"]
+
+    def reconstruct(self, denoiser, obs, x1, sampler, generator=None, callback=None, diagnostics=None):
+        steps = self.grid(denoiser, sampler, x1)
+
+        def noise() -> Tensor:
+            return torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+
+        state = self.start(denoiser, obs, x1, steps[0][0])
+        for i, (t, s) in enumerate(steps):
+            x_prev = state["x"]
+            state = self.step(denoiser, obs, state, t, s, noise, diagnostics)
+            if callback is not None:
+                state["x"] = callback(i, s, x_prev, state["x"])
+        return self.result(state)
+
+
 class ScoreGuidance(Strategy):
     r"""Strategies that guide epsilon: :math:`\tilde\varepsilon = \hat\varepsilon - \sigma g`."""
 

@@ -60,9 +60,7 @@ import math
 import torch
 from torch import Tensor
 
-from ldiff.diffusion.denoise import Denoiser
-from ldiff.diffusion.sampler import PredictorCorrector, StepCallback
-from ldiff.guidance.base import Diagnostics, Observation, Strategy, record
+from ldiff.guidance.base import GridStrategy, Observation, record
 
 
 class SpectralSplit:
@@ -103,7 +101,7 @@ def _per_sample(value: Tensor, like: Tensor) -> Tensor:
     return value.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
-class DDRM(Strategy):
+class DDRM(GridStrategy):
     r"""Denoising Diffusion Restoration Models on the VP schedule (module docstring).
 
     Args:
@@ -148,34 +146,16 @@ class DDRM(Strategy):
         observed = torch.where(sigma_obs < std_bar, cleaner, noisier)
         return spectral.combine(prior, observed), prior
 
-    def reconstruct(
-        self,
-        denoiser: Denoiser,
-        obs: Observation,
-        x1: Tensor,
-        sampler: PredictorCorrector,
-        generator: torch.Generator | None = None,
-        callback: StepCallback | None = None,
-        diagnostics: Diagnostics | None = None,
-    ) -> Tensor:
-        """Posterior samples (B, C, H, W) from noise ``x1`` (B, C, H, W); ``sampler`` gives
-        the time grid only (its corrector is not used)."""
-        schedule = denoiser.schedule
-        spectral = SpectralSplit(obs, x1)
-        batch = x1.shape[0]
-        grid = sampler.times(x1.device).to(x1.dtype)
-        mu_1, sigma_1 = schedule.coefficients(grid[0].expand(batch), x1)
-        x = mu_1 * self.initial(spectral, x1, (sigma_1 / mu_1).flatten())
-        for i in range(sampler.steps):
-            t, s = grid[i].expand(batch), grid[i + 1].expand(batch)
-            mu_t, sigma_t = schedule.coefficients(t, x)
-            mu_s, sigma_s = schedule.coefficients(s, x)
-            eps_hat, x_hat = denoiser(x, t)
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x_bar_s, prior = self.transition(spectral, x_hat, eps_hat, z, (sigma_s / mu_s).flatten())
-            x_prev, x = x, mu_s * x_bar_s
-            if diagnostics is not None:
-                record(diagnostics, t, eps_hat, (x_bar_s - prior) / (sigma_t / mu_t))
-            if callback is not None:
-                x = callback(i, s, x_prev, x)
-        return x
+    def start(self, denoiser, obs, x1, t):
+        """``x_1 = mu_1 * x_bar_1``, the paper's initialisation (:meth:`initial`)."""
+        mu_1, sigma_1 = denoiser.schedule.coefficients(t, x1)
+        return {"x": mu_1 * self.initial(SpectralSplit(obs, x1), x1, (sigma_1 / mu_1).flatten())}
+
+    def step(self, denoiser, obs, state, t, s, noise, diagnostics):
+        x = state["x"]
+        mu_t, sigma_t = denoiser.schedule.coefficients(t, x)
+        mu_s, sigma_s = denoiser.schedule.coefficients(s, x)
+        eps_hat, x_hat = denoiser(x, t)
+        x_bar_s, prior = self.transition(SpectralSplit(obs, x), x_hat, eps_hat, noise(), (sigma_s / mu_s).flatten())
+        record(diagnostics, t, eps_hat, (x_bar_s - prior) / (sigma_t / mu_t))
+        return {"x": mu_s * x_bar_s}

@@ -41,13 +41,11 @@ import math
 import torch
 from torch import Tensor
 
-from ldiff.diffusion.denoise import Denoiser
-from ldiff.diffusion.sampler import PredictorCorrector, StepCallback
-from ldiff.guidance.base import Diagnostics, Observation, Strategy, record
+from ldiff.guidance.base import GridStrategy, record
 from ldiff.guidance.pnp_admm import data_prox
 
 
-class DiffPIR(Strategy):
+class DiffPIR(GridStrategy):
     r"""DiffPIR on the VP schedule (module docstring).
 
     Args:
@@ -66,35 +64,16 @@ class DiffPIR(Strategy):
         self.lambda_ = float(lambda_)
         self.zeta = float(zeta)
 
-    def reconstruct(
-        self,
-        denoiser: Denoiser,
-        obs: Observation,
-        x1: Tensor,
-        sampler: PredictorCorrector,
-        generator: torch.Generator | None = None,
-        callback: StepCallback | None = None,
-        diagnostics: Diagnostics | None = None,
-    ) -> Tensor:
-        """Posterior samples (B, C, H, W) from the initial state ``x1`` (B, C, H, W) at
-        t = 1; ``sampler`` gives the time grid only."""
-        schedule = denoiser.schedule
-        batch = x1.shape[0]
-        grid = sampler.times(x1.device).to(x1.dtype)
-        x = x1
-        for i in range(sampler.steps):
-            t, s = grid[i].expand(batch), grid[i + 1].expand(batch)
-            mu_t, sigma_t = schedule.coefficients(t, x)
-            mu_s, sigma_s = schedule.coefficients(s, x)
-            eps_hat, x_hat = denoiser(x, t)
-            sigma_bar = sigma_t / mu_t
-            x0 = data_prox(x_hat, obs, self.lambda_ / sigma_bar.flatten() ** 2)
-            eps_eff = (x - mu_t * x0) / sigma_t
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x_prev = x
-            x = mu_s * x0 + sigma_s * (math.sqrt(1 - self.zeta) * eps_eff + math.sqrt(self.zeta) * z)
-            if diagnostics is not None:
-                record(diagnostics, t, eps_hat, (x0 - x_hat) / sigma_bar)
-            if callback is not None:
-                x = callback(i, s, x_prev, x)
-        return x
+    def start(self, denoiser, obs, x1, t):
+        return {"x": x1}
+
+    def step(self, denoiser, obs, state, t, s, noise, diagnostics):
+        x = state["x"]
+        mu_t, sigma_t = denoiser.schedule.coefficients(t, x)
+        mu_s, sigma_s = denoiser.schedule.coefficients(s, x)
+        eps_hat, x_hat = denoiser(x, t)
+        sigma_bar = sigma_t / mu_t
+        x0 = data_prox(x_hat, obs, self.lambda_ / sigma_bar.flatten() ** 2)
+        eps_eff = (x - mu_t * x0) / sigma_t
+        record(diagnostics, t, eps_hat, (x0 - x_hat) / sigma_bar)
+        return {"x": mu_s * x0 + sigma_s * (math.sqrt(1 - self.zeta) * eps_eff + math.sqrt(self.zeta) * noise())}

@@ -59,10 +59,8 @@ import math
 import torch
 from torch import Tensor
 
-from ldiff.diffusion.denoise import Denoiser
-from ldiff.diffusion.sampler import PredictorCorrector, StepCallback
 from ldiff.diffusion.schedules import Schedule
-from ldiff.guidance.base import Diagnostics, Observation, Strategy, record
+from ldiff.guidance.base import GridStrategy, Observation, record
 
 
 def data_prox(w: Tensor, obs: Observation, rho: Tensor) -> Tensor:
@@ -91,7 +89,7 @@ def noise_time(schedule: Schedule, sigma_bar: float, iterations: int = 60) -> fl
         ValueError: if :math:`\bar\sigma` lies outside the schedule's range
             :math:`[\sigma(0)/\mu(0), \sigma(1)/\mu(1)]`.
     """
-    low, high = float(schedule.snr_inv(0.0)), float(schedule.snr_inv(1.0))
+    low, high = float(schedule.sigma_bar(0.0)), float(schedule.sigma_bar(1.0))
     if not low <= sigma_bar <= high:
         raise ValueError(
             f"PnPADMM: denoiser noise level {sigma_bar:.4g} (= 1/sqrt(rho)) lies outside {schedule!r}'s "
@@ -100,14 +98,14 @@ def noise_time(schedule: Schedule, sigma_bar: float, iterations: int = 60) -> fl
     left, right = 0.0, 1.0
     for _ in range(iterations):
         middle = 0.5 * (left + right)
-        if float(schedule.snr_inv(middle)) < sigma_bar:
+        if float(schedule.sigma_bar(middle)) < sigma_bar:
             left = middle
         else:
             right = middle
     return 0.5 * (left + right)
 
 
-class PnPADMM(Strategy):
+class PnPADMM(GridStrategy):
     r"""Plug-and-play ADMM with the diffusion denoiser (module docstring).
 
     Args:
@@ -130,34 +128,28 @@ class PnPADMM(Strategy):
         ratio = self.rho_max / self.rho_min
         return [self.rho_min * ratio ** (k / (steps - 1)) for k in range(steps)]
 
-    def reconstruct(
-        self,
-        denoiser: Denoiser,
-        obs: Observation,
-        x1: Tensor,
-        sampler: PredictorCorrector,
-        generator: torch.Generator | None = None,
-        callback: StepCallback | None = None,
-        diagnostics: Diagnostics | None = None,
-    ) -> Tensor:
-        """The ADMM estimate ``x`` (B, C, H, W) after ``sampler.steps`` iterations, started
-        from ``z = x1 / sqrt(rho_min)``, ``u = 0``; ``sampler`` gives the iteration count only.
-        ``callback(k, t_k, z_prev, z)`` sees (and may replace) the denoised iterate ``z``."""
-        schedule = denoiser.schedule
-        rhos = self.penalties(sampler.steps)
-        times = [noise_time(schedule, 1 / math.sqrt(rho)) for rho in rhos]
-        batch = x1.shape[0]
-        z, u = x1 / math.sqrt(rhos[0]), torch.zeros_like(x1)
-        for k, (rho, time) in enumerate(zip(rhos, times)):
-            t = torch.full((batch,), time, dtype=x1.dtype, device=x1.device)
-            w = z - u
-            x = data_prox(w, obs, torch.full_like(t, rho))
-            mu, _ = schedule.coefficients(t, x)
-            z_prev = z
-            eps_hat, z = denoiser(mu * (x + u), t)
-            u = u + x - z
-            if diagnostics is not None:
-                record(diagnostics, t, eps_hat, (x - w) * math.sqrt(rho))
-            if callback is not None:
-                z = callback(k, t, z_prev, z)
-        return x
+    def grid(self, denoiser, sampler, like):
+        """One ADMM iteration per sampler step; iteration k runs the denoiser at the time
+        whose noise level is :math:`1/\sqrt{\rho_k}` (``t`` and ``s`` both that time)."""
+        batch = like.shape[0]
+        times = [torch.full((batch,), noise_time(denoiser.schedule, 1 / math.sqrt(rho)), dtype=like.dtype, device=like.device)
+                 for rho in self.penalties(sampler.steps)]
+        return [(t, t) for t in times]
+
+    def start(self, denoiser, obs, x1, t):
+        """``z = x1 / sqrt(rho_min)``, ``u = 0``; ``state["x"]`` is the denoised iterate
+        ``z`` (what the callback sees), ``state["out"]`` the data-step estimate returned."""
+        return {"x": x1 / math.sqrt(self.rho_min), "u": torch.zeros_like(x1), "out": x1}
+
+    def step(self, denoiser, obs, state, t, s, noise, diagnostics):
+        z, u = state["x"], state["u"]
+        mu, sigma = denoiser.schedule.coefficients(t, z)
+        rho = (mu / sigma).flatten() ** 2  # 1 / sigma_bar^2 at the iteration's time
+        w = z - u
+        x = data_prox(w, obs, rho)
+        eps_hat, z = denoiser(mu * (x + u), t)
+        record(diagnostics, t, eps_hat, (x - w) * rho.sqrt().reshape(-1, *(1,) * (x.dim() - 1)))
+        return {"x": z, "u": u + x - z, "out": x}
+
+    def result(self, state):
+        return state["out"]

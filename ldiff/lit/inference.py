@@ -21,6 +21,8 @@ outside inference mode whatever the trainer's setting.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
 import xarray as xr
@@ -31,7 +33,7 @@ from ldiff.diffusion.sampler import PredictorCorrector
 from ldiff.diffusion.schedules import Schedule
 from ldiff.evaluate import attach, evaluate
 from ldiff.guidance.base import Diagnostics, Observation, Strategy
-from ldiff.guidance.dps_sum import DPSSum
+from ldiff.guidance.mmps import MMPS
 from ldiff.lit.prior import check_channels
 from ldiff.metrics import DIVERGED, regime, spatial_std
 from ldiff.observe import Operator, check_std
@@ -40,6 +42,21 @@ from ldiff.observe import Operator, check_std
 def item_generator(seed: int, index: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator for one item and one purpose (``stream``), independent of batching."""
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + index * 7 + stream)
+
+
+GAUSSIAN_FILE = "gaussian.pt"
+"""The prior's stationary Gaussian fit (``ldiff baseline``), shipped beside its checkpoint."""
+
+
+def default_strategy(checkpoint: str | None = None) -> MMPS:
+    """ldiff's default: :class:`~ldiff.guidance.mmps.MMPS` with its default setting, and as
+    its known covariance the Gaussian fit shipped beside ``checkpoint``
+    (:data:`GAUSSIAN_FILE`) if that file exists, else the isotropic model."""
+    if checkpoint is not None:
+        gaussian = Path(checkpoint).with_name(GAUSSIAN_FILE)
+        if gaussian.is_file():
+            return MMPS(covariance=str(gaussian))
+    return MMPS()
 
 
 class DivergenceGuard:
@@ -65,9 +82,10 @@ class InferenceModule(L.LightningModule):
 
     Args:
         strategy: the guidance strategy (``class_path`` in YAML); by default ldiff's
-            recommendation for an unknown observation density, ``DPSSum(gamma=1e-2)``
-            (measured in the README's results: no diverged or flat sample and a residual
-            within 0.8-1.5 noise stds at every subsampling rate of the demo).
+            recommendation for any observation density, :func:`default_strategy`:
+            ``mmps`` with the prior's own Gaussian fit (``gaussian.pt`` beside
+            ``checkpoint``, when there is one) as the covariance at large sigma/mu
+            (measured in the README's results from N = 32 to N = 640,000).
         operator: the observation operator ``A`` (``class_path`` in YAML).
         std: observation noise std in normalised units.
         samples: K, posterior samples per observation set.
@@ -101,7 +119,7 @@ class InferenceModule(L.LightningModule):
             raise ValueError("InferenceModule: an observation operator is required (model.operator)")
         if samples < 1:
             raise ValueError(f"InferenceModule: samples must be >= 1, got {samples}")
-        self.strategy = DPSSum(gamma=1e-2) if strategy is None else strategy
+        self.strategy = default_strategy(checkpoint) if strategy is None else strategy
         self.operator = operator
         self.std = float(std)
         self.samples = samples

@@ -32,12 +32,13 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from ldiff.diffusion.schedules import Schedule
-from ldiff.linalg import conjugate_gradient
+from ldiff.linalg import truncated_cg
 from ldiff.observe import Operator, check_std
 
 
@@ -47,6 +48,27 @@ def _fft(x: Tensor) -> Tensor:
 
 def _ifft(x: Tensor) -> Tensor:
     return torch.fft.ifft2(x, norm="ortho").real
+
+
+def fourier_filter(x: Tensor, multiplier: Tensor) -> Tensor:
+    r""":math:`F^H \operatorname{diag}(m) F x` for a real field ``x`` (..., H, W) and a real
+    multiplier ``m`` (..., H, W) even in k (:math:`m(k) = m(-k)`, as every covariance
+    here): through the real FFT, half the work of the complex one, with the same result
+    as ``ifft2(fft2(x) * m).real``."""
+    h, w = x.shape[-2:]
+    return torch.fft.irfft2(torch.fft.rfft2(x) * multiplier[..., : w // 2 + 1], s=(h, w))
+
+
+def power_law(field_shape: tuple[int, int, int], slope: float = 4.0, k0: float = 2.0) -> Tensor:
+    r"""Fourier power :math:`P \propto (1 + |k|^2/k_0^2)^{-s/2}` (``s`` = ``slope``, integer
+    wavenumbers of the grid), the same for every channel, shape (C, H, W), normalised to
+    :math:`\operatorname{mean} P = 1`: unit variance per grid value in the ortho basis."""
+    c, h, w = field_shape
+    ky = torch.fft.fftfreq(h, 1.0 / h, dtype=torch.float64)
+    kx = torch.fft.fftfreq(w, 1.0 / w, dtype=torch.float64)
+    k2 = ky[:, None] ** 2 + kx[None, :] ** 2
+    power = (1 + k2 / k0**2) ** (-slope / 2)
+    return (power / power.mean()).expand(c, h, w).clone()
 
 
 def tweedie_cov(power: Tensor, v: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
@@ -60,7 +82,7 @@ def tweedie_cov(power: Tensor, v: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
         mu, sigma: broadcastable against ``v``.
     """
     power = power.to(v)
-    return _ifft(_fft(v) * (sigma**2 * power / (mu**2 * power + sigma**2)))
+    return fourier_filter(v, sigma**2 * power / (mu**2 * power + sigma**2))
 
 
 def load_state(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
@@ -137,11 +159,11 @@ class GaussianPrior(nn.Module):
         """Exact epsilon. ``x_t``: (B, C, H, W); ``t``: (B,) or scalar. ``cond`` is ignored."""
         mu, sigma = self.schedule.coefficients(t, x_t)
         centred = x_t - mu * self.mean[:, None, None]
-        return sigma * _ifft(_fft(centred) / (mu**2 * self.power + sigma**2))
+        return sigma * fourier_filter(centred, 1 / (mu**2 * self.power + sigma**2))
 
     def cov(self, v: Tensor) -> Tensor:
         r""":math:`\Sigma v` for ``v`` of shape (B, C, H, W)."""
-        return _ifft(_fft(v) * self.power)
+        return fourier_filter(v, self.power)
 
     def tweedie_cov(self, v: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
         r""":math:`\mathbb{V}[x \mid x_t]\, v` under this prior (see :func:`tweedie_cov`)."""
@@ -150,23 +172,32 @@ class GaussianPrior(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` exact prior samples, shape (n, C, H, W)."""
         z = torch.randn((n, *self.power.shape), generator=generator, device=self.power.device)
-        return self.mean[:, None, None] + _ifft(_fft(z) * self.power.sqrt())
+        return self.mean[:, None, None] + fourier_filter(z, self.power.sqrt())
 
-    def _gain(self, residual: Tensor, op: Operator, std: float | Tensor, maxiter: int) -> Tensor:
-        r""":math:`\Sigma A^T (A \Sigma A^T + s^2 I)^{-1} r` for residuals ``r`` (B, *obs_shape)."""
+    def solve(self, residual: Tensor, op: Operator, std: float | Tensor, maxiter: int, precondition: Callable | None = None) -> tuple[Tensor, Tensor]:
+        r"""``(w, relres)``: :math:`w \approx (A \Sigma A^T + s^2 I)^{-1} r` for residuals ``r``
+        (B, *obs_shape) by (preconditioned) CG, and its relative residual per sample (B,);
+        ``precondition`` approximates the inverse (e.g. :func:`subsample_preconditioner`)."""
         field = tuple(self.power.shape)
         var = torch.as_tensor(std, dtype=residual.dtype, device=residual.device) ** 2
 
         def matvec(w: Tensor) -> Tensor:
             return op(self.cov(op.adjoint(w, field))) + var * w
 
-        return self.cov(op.adjoint(conjugate_gradient(matvec, residual, maxiter=maxiter, rtol=1e-7), field))
+        w = truncated_cg(matvec, residual, maxiter=maxiter, rtol=1e-7, precondition=precondition).x
+        relres = (matvec(w) - residual).flatten(1).norm(dim=1) / residual.flatten(1).norm(dim=1)
+        return w, relres
 
-    def posterior_mean(self, y: Tensor, op: Operator, std: float | Tensor, maxiter: int = 500) -> Tensor:
+    def _gain(self, residual: Tensor, op: Operator, std: float | Tensor, maxiter: int, precondition: Callable | None = None) -> Tensor:
+        r""":math:`\Sigma A^T (A \Sigma A^T + s^2 I)^{-1} r` for residuals ``r`` (B, *obs_shape)."""
+        w, _ = self.solve(residual, op, std, maxiter, precondition)
+        return self.cov(op.adjoint(w, tuple(self.power.shape)))
+
+    def posterior_mean(self, y: Tensor, op: Operator, std: float | Tensor, maxiter: int = 500, precondition: Callable | None = None) -> Tensor:
         """Exact posterior mean (to CG tolerance), shape (B, C, H, W), for ``y`` (B, *obs_shape)."""
         check_std(std)
         prior_mean = self.mean[:, None, None].expand(self.power.shape).unsqueeze(0)
-        return prior_mean + self._gain(y - op(prior_mean), op, std, maxiter)
+        return prior_mean + self._gain(y - op(prior_mean), op, std, maxiter, precondition)
 
     def posterior_sample(
         self,
@@ -175,10 +206,41 @@ class GaussianPrior(nn.Module):
         std: float | Tensor,
         generator: torch.Generator | None = None,
         maxiter: int = 500,
+        precondition: Callable | None = None,
     ) -> Tensor:
         """One exact posterior sample per observation set by perturb-and-solve, shape (B, C, H, W)."""
         check_std(std)
         x_prior = self.sample(y.shape[0], generator)
         noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
         y_sim = op(x_prior) + torch.as_tensor(std, dtype=y.dtype, device=y.device) * noise
-        return x_prior + self._gain(y - y_sim, op, std, maxiter)
+        return x_prior + self._gain(y - y_sim, op, std, maxiter, precondition)
+
+
+def subsample_preconditioner(power: Tensor, stride: int, obs_shape: tuple[int, ...], std: float) -> Callable[[Tensor], Tensor]:
+    r"""An approximate inverse of :math:`A \Sigma A^T + s^2 I` for ``Subsample(stride)``
+    observations (B, C, h, w) of the stationary prior ``power`` (C, H, W).
+
+    The subsampled field's covariance between coarse nodes :math:`i, i'` is the fine
+    autocovariance :math:`c = F^H P` (periodic) at lag :math:`s(i - i')`. Where ``s``
+    divides the grid this is a circulant on the coarse grid, diagonal in its FFT with the
+    aliased spectrum; otherwise (IBPM's 199 x 399) it is one up to the wrap-around rows.
+    The preconditioner is that circulant: :math:`F_c^H \operatorname{diag}(1/(\hat c_s + s^2)) F_c`,
+    :math:`\hat c_s` the coarse FFT of :math:`c` sampled at lags :math:`s \Delta`
+    (negative values clamped). Preconditioned CG then converges in tens of iterations
+    where plain CG needs thousands (the condition number of :math:`A \Sigma A^T + s^2 I`
+    is :math:`\max P / s^2`).
+    """
+    c, h, w = obs_shape[-3:]
+    big_h, big_w = power.shape[-2:]
+    autocov = torch.fft.ifft2(power.double(), norm="ortho").real / (big_h * big_w) ** 0.5  # c(lag), lag 0 = variance
+    di = torch.arange(h)
+    dj = torch.arange(w)
+    lag_i = torch.where(di <= h // 2, di, di - h) * stride % big_h
+    lag_j = torch.where(dj <= w // 2, dj, dj - w) * stride % big_w
+    coarse = autocov[:, lag_i][:, :, lag_j]
+    spectrum = torch.fft.fft2(coarse).real.clamp_min(0) + std**2
+
+    def apply(v: Tensor) -> Tensor:
+        return torch.fft.ifft2(torch.fft.fft2(v) / spectrum.to(v.device, torch.complex64 if v.dtype == torch.float32 else torch.complex128)).real.to(v.dtype)
+
+    return apply

@@ -8,7 +8,9 @@ frames, observations and initial noise, side by side in one process:
 - the default, ``mmps`` with the shipped Gaussian fit, at 16, 32, 64 and 128 predictor
   steps, no corrector;
 - ``dps-sum`` (gamma 1e-2) at the demo's 32 steps, and at SDA's own setting, 256
-  predictor steps with one Langevin correction each (tau 0.5): 512 guided evaluations.
+  predictor steps with one Langevin correction each (tau 0.5): 512 guided evaluations;
+- optionally (``--known-above``) ``mmps`` at 32 steps with other thresholds of the
+  known-covariance regime, ``inf`` meaning the network's own covariance at every t.
 
 **Guided evaluations** per sample: predictor steps x (1 + corrections). Each costs one
 forward pass and one vector-Jacobian product for ``dps-sum``; for ``mmps`` one forward and
@@ -100,10 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items", type=int, default=3)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--operators", type=int, nargs="+", default=[4, 16], help="subsampling strides")
+    parser.add_argument("--known-above", type=float, nargs="*", default=[], metavar="SIGMA_BAR",
+                        help="also run mmps at 32 steps with these known_above thresholds (inf: the network's covariance at every t)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "default.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    run(args.items, args.samples, args.operators, args.out)
+    extra = [(f"mmps, known_above {k:g}", {"class_path": DEFAULT["class_path"], "init_args": {**DEFAULT["init_args"], "known_above": k}}, 32, 0, 1.0)
+             for k in args.known_above]
+    run(args.items, args.samples, args.operators, args.out, SETTINGS + extra)
     print(args.out)
 
 

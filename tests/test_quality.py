@@ -24,3 +24,24 @@ def test_an_exact_prior_matches_data_drawn_from_it():
     # physical units: the normaliser's std of 2 doubles the velocity std
     per_component = data.double().transpose(0, 1).flatten(1).var(dim=1).mean().sqrt().item()
     assert result.velocity_std_data == pytest.approx(2.0 * per_component, rel=1e-6)
+
+
+def test_jacobian_cli_on_the_shipped_prior(tmp_path, capsys, monkeypatch):
+    """`ldiff quality --jacobian`: the table, the JSON and the sentence with the threshold,
+    on the shipped prior and its shipped Gaussian fit (2 frames, 3 times, 1 stride)."""
+    import json
+    from pathlib import Path
+
+    from ldiff.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    out = tmp_path / "jacobian.json"
+    assert main(["quality", "--checkpoint", "checkpoints/kolmogorov/prior.ckpt", "--data", "checkpoints/kolmogorov/heldout.nc",
+                 "--jacobian", "checkpoints/kolmogorov/gaussian.pt", "--items", "2", "--t", "0.3", "0.6", "1.0", "--strides", "4", "-o", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["t"] == [0.3, 0.6, 1.0] and result["operators"] == ["sub4"]
+    # the Gaussian side is the fit's exact Tweedie covariance: it grows with t towards the data variance
+    gauss = [row[0] for row in result["gaussian"]]
+    assert gauss[0] < gauss[1] < gauss[2] <= 1.5
+    printed = capsys.readouterr().out
+    assert "e^T A V A^T e" in printed and ("agrees" in printed or "disagrees" in printed)

@@ -46,7 +46,7 @@ import numpy as np
 import xarray as xr
 from torch.utils.data import DataLoader
 
-from ldiff.config import check_keys, instantiate, load_yaml
+from ldiff.config import check_keys, instantiate, load_yaml, select
 from ldiff.data.items import IndexedFields
 from ldiff.diffusion.sampler import PredictorCorrector
 from ldiff.data.module import FieldDataModule
@@ -111,8 +111,6 @@ def run(config_path: str, output: str | None = None, quick: bool = False, progre
     """Run the comparison of ``config_path`` (into ``output`` if given; in test mode,
     :data:`QUICK`, if ``quick``; only the strategies named in ``only``, if given); returns
     the summary rows."""
-    from ldiff.oracle import select
-
     cfg = read_config(config_path)
     cfg["strategies"] = select(cfg["strategies"], only, config_path)
     # one trainer per (strategy, operator): keep Lightning's per-trainer banners off the terminal

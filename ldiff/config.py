@@ -77,3 +77,13 @@ def instantiate(spec: dict[str, Any], where: str, base: type | None = None, **ex
         return cls(**init_args, **extra)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{where}: {error}") from None
+
+
+def select(strategies: dict[str, Any], only: list[str] | None, where: str) -> dict[str, Any]:
+    """The strategies named in ``only`` (all if None), refusing unknown names."""
+    if not only:
+        return strategies
+    unknown = [name for name in only if name not in strategies]
+    if unknown:
+        raise ValueError(f"{where}: --only names no strategy {unknown[0]!r} (the config has {', '.join(strategies)})")
+    return {name: strategies[name] for name in only}

@@ -55,7 +55,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ldiff.config import check_keys, instantiate, load_yaml
+from ldiff.config import check_keys, instantiate, load_yaml, select
 from ldiff.diffusion.schedules import CosineSchedule
 from ldiff.lit.inference import InferenceModule, item_generator
 from ldiff.metrics import BALANCED, DIVERGED, FLAT
@@ -96,16 +96,6 @@ def read_config(path: str) -> dict[str, Any]:
     cfg.setdefault("operators", {f"sub{s}": {"class_path": "ldiff.observe.Subsample", "init_args": {"stride": s}} for s in (2, 4, 8, 16)})
     cfg.setdefault("output", "runs/ibpm-oracle")
     return cfg
-
-
-def select(strategies: dict[str, Any], only: list[str] | None, where: str) -> dict[str, Any]:
-    """The strategies named in ``only`` (all if None), refusing unknown names."""
-    if not only:
-        return strategies
-    unknown = [name for name in only if name not in strategies]
-    if unknown:
-        raise ValueError(f"{where}: --only names no strategy {unknown[0]!r} (the config has {', '.join(strategies)})")
-    return {name: strategies[name] for name in only}
 
 
 def relative(a: Tensor, b: Tensor) -> Tensor:

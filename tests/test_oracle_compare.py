@@ -79,3 +79,13 @@ def test_preconditioned_solve_matches_plain_cg_and_is_faster():
     with_pc = truncated_cg(matvec, y, maxiter=5000, rtol=1e-8, precondition=pc).iterations.item()
     without = truncated_cg(matvec, y, maxiter=5000, rtol=1e-8).iterations.item()
     assert with_pc < without / 5
+
+
+def test_only_keeps_the_named_strategies_in_order_and_refuses_unknown_names():
+    from ldiff.config import select
+
+    strategies = {"mmps": 1, "dps-sum": 2, "ddrm": 3}
+    assert select(strategies, None, "c.yaml") is strategies
+    assert list(select(strategies, ["ddrm", "mmps"], "c.yaml")) == ["ddrm", "mmps"]
+    with pytest.raises(ValueError, match=r"c.yaml: --only names no strategy 'dps'"):
+        select(strategies, ["dps"], "c.yaml")

@@ -70,7 +70,6 @@ class DPSNorm(ScoreGuidance):
         if step not in ("eps", "constant"):
             raise ValueError(f"DPSNorm: step must be 'eps' or 'constant', got {step!r}")
         self.step = step
-        self._dt: float | None = None
 
     def reconstruct(self, denoiser, obs, x1, sampler, generator=None, callback=None, diagnostics=None):
         def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:

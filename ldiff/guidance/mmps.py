@@ -73,7 +73,6 @@ import os
 import torch
 from torch import Tensor
 
-from ldiff.diffusion.denoise import tweedie
 from ldiff.guidance.base import ScoreGuidance, check_state, record
 from ldiff.linalg import truncated_cg
 from ldiff.nets.gaussian import GaussianPrior, load_state, tweedie_cov
@@ -110,13 +109,12 @@ class MMPS(ScoreGuidance):
             raise ValueError(f"MMPS: known_above must be a number > 0 (inf: never), got {known_above!r}")
         self.maxiter, self.known_maxiter = maxiter, known_maxiter
         self.known_above = float(known_above)
-        self.covariance = None if covariance is None else str(covariance) if not isinstance(covariance, GaussianPrior) else "GaussianPrior"
         if isinstance(covariance, GaussianPrior):
-            self._power = covariance.power.detach()
+            self.covariance, self._power = "GaussianPrior", covariance.power.detach()
         elif covariance is not None:
-            self._power = load_state(covariance)[0].float()
+            self.covariance, self._power = str(covariance), load_state(covariance)[0].float()
         else:
-            self._power = None
+            self.covariance, self._power = None, None
 
     def guided_eps(self, denoiser, x_t, t, obs, diagnostics):
         check_state(x_t, obs)
@@ -126,11 +124,12 @@ class MMPS(ScoreGuidance):
         if bool(known.all()):
             with torch.no_grad():
                 eps_hat, x_hat = denoiser(x_t, t)
-            correction, iterations, truncated = self._known(obs, x_hat, mu, sigma, noise_var)
+            correction, iterations = self._known(obs, x_hat, mu, sigma, noise_var)
+            truncated = torch.zeros_like(known)
         else:
-            eps_hat, correction, iterations, truncated = self._network(denoiser, x_t, t, obs, mu, sigma, noise_var)
+            eps_hat, x_hat, correction, iterations, truncated = self._network(denoiser, x_t, t, obs, mu, sigma, noise_var)
             if bool(known.any()):
-                _, known_correction, known_iterations, _ = self._known(obs, tweedie(x_t, eps_hat, mu, sigma), mu, sigma, noise_var)
+                known_correction, known_iterations = self._known(obs, x_hat, mu, sigma, noise_var)
                 mask = known.view(-1, *(1,) * (x_t.dim() - 1))
                 correction = torch.where(mask, known_correction, correction)
                 iterations = torch.where(known, known_iterations, iterations)
@@ -142,7 +141,7 @@ class MMPS(ScoreGuidance):
         return eps_hat - correction
 
     def _network(self, denoiser, x_t, t, obs, mu, sigma, noise_var):
-        """The network's covariance: truncated CG with VJPs; ``(eps_hat, sigma g, iterations, truncated)``."""
+        """The network's covariance: truncated CG with VJPs; ``(eps_hat, x_hat, sigma g, iterations, truncated)``."""
         x = x_t.detach().requires_grad_(True)
         with torch.enable_grad():
             eps_hat, x_hat = denoiser(x, t)
@@ -156,17 +155,16 @@ class MMPS(ScoreGuidance):
         floor = noise_var.min() if noise_var.dim() else noise_var
         solve = truncated_cg(cov_y, obs.y - obs.op(x_hat.detach()), maxiter=self.maxiter, curvature_floor=floor)
         correction = sigma * jacobian_t(obs.op.adjoint(solve.x, obs.field_shape), keep=False)
-        return eps_hat.detach(), correction, solve.iterations, solve.truncated
+        return eps_hat.detach(), x_hat.detach(), correction, solve.iterations, solve.truncated
 
     def _known(self, obs, x_hat, mu, sigma, noise_var):
-        """The known covariance (Gaussian fit or isotropic); ``(sigma g, iterations, truncated)``."""
+        """The known covariance (Gaussian fit or isotropic); ``(sigma g, iterations)``."""
         residual = obs.y - obs.op(x_hat.detach())
-        batch = residual.shape[0]
         if self._power is None:
             var = sigma**2 / (mu**2 + sigma**2)
             w = residual / (noise_var + obs.op.aat * var.reshape(-1, *(1,) * (residual.dim() - 1)))
             field = var * obs.op.adjoint(w, obs.field_shape)
-            iterations = torch.zeros(batch, dtype=torch.long, device=residual.device)
+            iterations = torch.zeros(residual.shape[0], dtype=torch.long, device=residual.device)
         else:
             power = self._power.to(residual.device)
             if tuple(power.shape) != tuple(obs.field_shape):
@@ -181,7 +179,7 @@ class MMPS(ScoreGuidance):
             solve = truncated_cg(cov_y, residual, maxiter=self.known_maxiter, rtol=1e-6)
             field, iterations = cov(obs.op.adjoint(solve.x, obs.field_shape)), solve.iterations
         # Tweedie estimate x_hat + V A^T w  <=>  eps_hat - (mu / sigma) V A^T w
-        return (mu / sigma) * field, iterations, torch.zeros(batch, dtype=torch.bool, device=residual.device)
+        return (mu / sigma) * field, iterations
 
     def __repr__(self) -> str:
         return (

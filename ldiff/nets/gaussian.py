@@ -165,10 +165,6 @@ class GaussianPrior(nn.Module):
         r""":math:`\Sigma v` for ``v`` of shape (B, C, H, W)."""
         return fourier_filter(v, self.power)
 
-    def tweedie_cov(self, v: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
-        r""":math:`\mathbb{V}[x \mid x_t]\, v` under this prior (see :func:`tweedie_cov`)."""
-        return tweedie_cov(self.power, v, mu, sigma)
-
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` exact prior samples, shape (n, C, H, W)."""
         z = torch.randn((n, *self.power.shape), generator=generator, device=self.power.device)

@@ -248,8 +248,7 @@ def predict_share(spec: NetSpec, batch: int, samples: int, steps: int, repeats: 
     schedule = CosineSchedule(1e-3)
     modules = {}
     for name, net in (("real", spec.prior(schedule)), ("free", WhiteNoiseSkip(ZeroEpsilon(), schedule))):
-        modules[name] = InferenceModule(DPSSum(), Subsample(STRIDE), std=STD, samples=samples, steps=steps)
-        modules[name].attach_prior(net, schedule)
+        modules[name] = InferenceModule.from_prior(net, schedule, strategy=DPSSum(), operator=Subsample(STRIDE), std=STD, samples=samples, steps=steps)
     best = interleaved_minimum({name: lambda m=m: m.predict_step(data) for name, m in modules.items()}, repeats)
     return PredictShare(spec, batch, samples, steps, best["real"], best["free"])
 

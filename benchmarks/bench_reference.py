@@ -84,7 +84,7 @@ def sda_loop(
     x1: Tensor,
     steps: int,
     corrections: int,
-    generator: torch.Generator,
+    generators: list[torch.Generator],
     stride: int = STRIDE,
     std: float = STD,
     gamma: float = GAMMA,
@@ -97,7 +97,7 @@ def sda_loop(
         net: epsilon model ``net(x_t, t) -> eps_hat``.
         y: observations, shape (B, C, ceil(H / stride), ceil(W / stride)).
         x1: initial state at t = 1, shape (B, C, H, W).
-        generator: the corrector's noise.
+        generators: the corrector's noise, one generator per item (row of ``x``).
 
     Returns:
         The state at t = 0, shape (B, C, H, W).
@@ -127,7 +127,7 @@ def sda_loop(
         x = r * x + (sigma(s) - r * sigma(t)) * guided(x, t)
         for _ in range(corrections):
             eps = guided(x, s)
-            z = torch.randn(x.shape, generator=generator)
+            z = torch.cat([torch.randn((1, *x.shape[1:]), generator=g) for g in generators])
             delta = tau / eps.square().mean(dim=(1, 2, 3), keepdim=True)
             x = x - (delta * eps + torch.sqrt(2 * delta) * z) * sigma(s)
     return x
@@ -155,17 +155,16 @@ class IsotropicJacobianDPS(DPSSum):
 
 def module(net: nn.Module, steps: int, corrections: int, strategy: DPSSum | None = None) -> InferenceModule:
     """The ``InferenceModule`` that :func:`sda_loop` reproduces (one sample per item)."""
-    m = InferenceModule(
-        strategy or DPSSum(GAMMA), Subsample(STRIDE), std=STD, samples=1, steps=steps, corrections=corrections, tau=TAU, seed=SEED
+    return InferenceModule.from_prior(
+        net, CosineSchedule(ETA), strategy=strategy or DPSSum(GAMMA), operator=Subsample(STRIDE),
+        std=STD, samples=1, steps=steps, corrections=corrections, tau=TAU, seed=SEED,
     )
-    m.attach_prior(net, CosineSchedule(ETA))
-    return m
 
 
-def reference_inputs(batch: int, field_shape: tuple[int, ...]) -> tuple[Tensor, torch.Generator]:
-    """The initial state and corrector generator ``predict_step`` uses for items 0..B-1."""
+def reference_inputs(batch: int, field_shape: tuple[int, ...]) -> tuple[Tensor, list[torch.Generator]]:
+    """The initial state and the corrector generators ``predict_step`` uses for items 0..B-1."""
     x1 = torch.cat([torch.randn((1, *field_shape), generator=item_generator(SEED, i, 1)) for i in range(batch)])
-    return x1, item_generator(SEED, 0, 2)
+    return x1, [item_generator(SEED, i, 2) for i in range(batch)]
 
 
 @dataclass
@@ -197,8 +196,8 @@ def compare(spec: NetSpec, batch: int, steps: int, corrections: int, repeats: in
     samples: dict[str, Tensor] = {}
 
     def reference() -> None:
-        x1, generator = reference_inputs(batch, spec.field_shape)
-        samples["reference"] = sda_loop(net, y, x1, steps, corrections, generator)
+        x1, generators = reference_inputs(batch, spec.field_shape)
+        samples["reference"] = sda_loop(net, y, x1, steps, corrections, generators)
 
     def predict(name: str) -> None:
         samples[name] = modules[name].predict_step(data)["recon"][:, 0]

@@ -32,6 +32,7 @@ import importlib
 import importlib.util
 import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -52,6 +53,7 @@ from ldiff.commands import (
 )
 from ldiff.data.module import FieldDataModule
 from ldiff.lit.checkpoint import SafeCheckpointIO, read_checkpoint
+from ldiff.tracking import finish_wandb
 
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "ldiff.lit.prior.ScorePrior",
@@ -68,6 +70,12 @@ OPTIONAL_DATA_COMMANDS = (
 """Generators that add ``ldiff data`` sub-commands, wired when their module has the hook."""
 
 
+QUIET_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)",)
+"""Dependency warnings that are not the user's to act on, hidden: torch 2.13 deprecates
+``LeafSpec``, which Lightning 2.6 calls once per trainer (a comparison would print it
+once per pair)."""
+
+
 class UsageError(ValueError):
     """A bad command line or config, reported like any other input error."""
 
@@ -75,11 +83,12 @@ class UsageError(ValueError):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ldiff``; ``argv`` defaults to ``sys.argv[1:]``. Returns the exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
     try:
         if args and args[0] in LIGHTNING_COMMANDS:
             if args[0] == "predict":
-                args = prior_checkpoint_as_model_argument(args)
-                argv = args
+                refuse_predict_ckpt_path(args)
             # LightningCLI reads sys.argv itself when given None (and warns when given both)
             lightning_cli(_import(LIGHTNING_COMMANDS[args[0]]), args[0], None if argv is None else args)
         else:
@@ -91,20 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def prior_checkpoint_as_model_argument(args: list[str]) -> list[str]:
-    """For ``predict``, ``--ckpt_path X`` names the *prior* (a ScorePrior checkpoint),
-    which the InferenceModule loads weights-only: pass it as ``--model.checkpoint X``
-    instead of letting Lightning restore it into the InferenceModule."""
-    out = []
-    items = iter(args)
-    for arg in items:
-        if arg == "--ckpt_path":
-            out += ["--model.checkpoint", next(items, "")]
-        elif arg.startswith("--ckpt_path="):
-            out.append("--model.checkpoint=" + arg.partition("=")[2])
-        else:
-            out.append(arg)
-    return out
+def refuse_predict_ckpt_path(args: list[str]) -> None:
+    """``predict`` takes its prior as ``--model.checkpoint``: Lightning's ``--ckpt_path``
+    would restore a checkpoint *into* the InferenceModule, which has no weights of its
+    own, so it is refused with the right spelling."""
+    for arg in args:
+        if arg == "--ckpt_path" or arg.startswith("--ckpt_path="):
+            raise UsageError("predict: name the prior with --model.checkpoint PRIOR.ckpt (--ckpt_path would restore a checkpoint into the InferenceModule)")
 
 
 def one_line(error: BaseException) -> str:
@@ -115,8 +117,11 @@ def one_line(error: BaseException) -> str:
 def lightning_cli(model_class: type, command: str, args: Sequence[str] | None) -> LdiffCLI:
     """Run LightningCLI's sub-command ``command`` (``fit``, ``validate``, ``test``,
     ``predict``) for ``model_class`` on :class:`FieldDataModule`, parsing ``args``
-    (``sys.argv[1:]`` when None, starting with ``command``); returns the finished CLI."""
-    return LdiffCLI(model_class, [command], args)
+    (``sys.argv[1:]`` when None, starting with ``command``); returns the finished CLI,
+    its W&B runs finished (written out whole, so the offline run files are complete)."""
+    cli = LdiffCLI(model_class, [command], args)
+    finish_wandb(cli.trainer.loggers)
+    return cli
 
 
 class LdiffCLI(LightningCLI):
@@ -159,11 +164,9 @@ class LdiffCLI(LightningCLI):
             read_checkpoint(ckpt_path)
 
     def predict(self, model, datamodule=None, return_predictions=None, ckpt_path=None, **kwargs) -> None:
-        """``trainer.predict`` of the InferenceModule on the data's test windows, in the
-        prior's normalisation and on the data's grid (for vorticity metrics)."""
-        datamodule.normalizer.load_state_dict(model.normalizer_state)
-        datamodule.setup("predict")
-        model.grid = (float(datamodule.attrs["dx"]), float(datamodule.attrs["dy"]), bool(int(datamodule.attrs["periodic"])))
+        """``trainer.predict`` of the InferenceModule on the data's windows to reconstruct
+        (the module takes the prior's normalisation and the grid from the DataModule in
+        its ``setup``); predictions go to the writer, not into memory."""
         self.trainer.predict(model, datamodule=datamodule, return_predictions=False)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:

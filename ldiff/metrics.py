@@ -275,23 +275,35 @@ class SpectrumLogError(FieldMetric):
     Args:
         dx, dy: grid spacings in physical units.
         k_max: last shell compared, or None for the default.
+        below_nyquist: treat ``k_max`` as an upper bound: compare the shells up to
+            ``min(k_max, Nyquist - 1)``, whatever the grid (the full shells only).
         scale: the normaliser's per-component std (2,) for fields in normalised units.
         mask: optional boolean (H, W); the fields are zeroed outside it before the FFT.
 
     ``update(x, truth, valid=None)`` with fields (B, 2T, H, W).
     """
 
-    def __init__(self, dx: float, dy: float, k_max: int | None = None, scale: Tensor | None = None, mask: Tensor | None = None):
+    def __init__(
+        self,
+        dx: float,
+        dy: float,
+        k_max: int | None = None,
+        scale: Tensor | None = None,
+        mask: Tensor | None = None,
+        below_nyquist: bool = False,
+    ):
         super().__init__(mask)
         if k_max is not None and k_max < 1:
             raise ValueError(f"k_max: need a shell index >= 1, got {k_max}")
-        self.dx, self.dy, self.k_max, self.scale = dx, dy, k_max, scale
+        self.dx, self.dy, self.k_max, self.scale, self.below_nyquist = dx, dy, k_max, scale, below_nyquist
         self._sum_state("sum_abs")
         self._sum_state("count")
 
     def _shells(self, shape: tuple[int, int], n_shells: int) -> int:
         nyquist = math.floor(min(math.pi / self.dx, math.pi / self.dy) / shell_width(shape, self.dx, self.dy) + 1e-9)
         k_max = nyquist if self.k_max is None else self.k_max
+        if self.below_nyquist:
+            k_max = max(1, min(k_max, nyquist - 1))
         if k_max >= n_shells:
             raise ValueError(f"k_max: {k_max} exceeds the {n_shells - 1} shells of a {shape} grid")
         return k_max

@@ -257,3 +257,23 @@ def observe(x: Tensor, op: Operator, std: float | Tensor, generator: torch.Gener
     clean = op(x)
     noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
     return clean + torch.as_tensor(std, dtype=clean.dtype, device=clean.device) * noise
+
+
+def positions(op: Operator, field_shape: Sequence[int]) -> dict[str, Tensor]:
+    """Where each observation sits on the grid: ``row``, ``col``, ``frame`` and
+    ``component`` (u = 0, v = 1) of each of the ``n_obs`` observations, float64 (n_obs,).
+
+    Each is :math:`A f / A 1` for the index field ``f`` (the row, column, ... of every
+    node): the exact index for a selection (``Subsample``, ``Pixels``, ``Frames``), the
+    weighted mean position for an average (``BlockMean``: the block's centre).
+    """
+    c, h, w = field_shape
+    shape = (1, c, h, w)
+    index = {
+        "row": torch.arange(h, dtype=torch.float64)[None, None, :, None].expand(shape),
+        "col": torch.arange(w, dtype=torch.float64)[None, None, None, :].expand(shape),
+        "frame": (torch.arange(c, dtype=torch.float64) // 2)[None, :, None, None].expand(shape),
+        "component": (torch.arange(c, dtype=torch.float64) % 2)[None, :, None, None].expand(shape),
+    }
+    weight = op(torch.ones(shape, dtype=torch.float64)).flatten()
+    return {name: op(field.contiguous()).flatten() / weight for name, field in index.items()}

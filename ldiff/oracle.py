@@ -31,11 +31,7 @@ and regimes included.
 Config keys (YAML, parsed safely; unknown keys refused by name)::
 
     oracle: {shape: [32, 199, 399], slope: 4.0, k0: 2.0, items: 1, eta: 0.001, maxiter: 200}
-    std: 0.1
-    samples: 4
-    sampler: {steps: 32, corrections: 0, tau: 1.0}
-    seed: 0
-    guard: {data_range: 5.0, diverge_factor: 10.0, flat_fraction: 0.2}
+    model: {std: 0.1, samples: 4, steps: 32, seed: 0}   # InferenceModule arguments, as in ldiff predict
     operators: {sub2: {class_path: ldiff.observe.Subsample, init_args: {stride: 2}}, ...}
     strategies: {dps-sum: {class_path: ldiff.guidance.dps_sum.DPSSum, init_args: {gamma: 0.01}}, ...}
     output: runs/ibpm-oracle
@@ -63,7 +59,9 @@ from ldiff.nets.gaussian import GaussianPrior, power_law, subsample_precondition
 from ldiff.observe import Operator, Subsample, observe
 from ldiff.tracking import RunLog, provenance, write_json
 
-KEYS = {"oracle", "std", "samples", "sampler", "seed", "guard", "operators", "strategies", "output", "wandb"}
+KEYS = {"oracle", "model", "operators", "strategies", "output", "wandb"}
+MODEL_KEYS = {"std", "samples", "steps", "corrections", "tau", "seed", "data_range", "diverge_factor", "flat_fraction"}
+"""The InferenceModule arguments an oracle config takes in ``model`` (as ``ldiff predict``; the prior is the oracle)."""
 ORACLE_KEYS = {"shape", "slope", "k0", "items", "eta", "maxiter"}
 DEFAULTS = {"shape": [32, 199, 399], "slope": 4.0, "k0": 2.0, "items": 1, "eta": 1e-3, "maxiter": 200}
 COLUMNS = ("strategy", "operator", "n_obs", "residual", "exact_residual", "mean_error", "exact_mean_error", "mean_error_ratio", "spread_ratio", "max_abs", "balanced", "flat", "diverged", "solve_relres", "seconds")
@@ -87,6 +85,11 @@ def read_config(path: str) -> dict[str, Any]:
     if not isinstance(oracle, dict):
         raise ValueError(f"{path}: oracle: need a mapping")
     check_keys(oracle, ORACLE_KEYS, f"{path}: oracle")
+    model = cfg.get("model") or {}
+    if not isinstance(model, dict):
+        raise ValueError(f"{path}: model: need a mapping")
+    check_keys(model, MODEL_KEYS, f"{path}: model")
+    cfg["model"] = {"std": 0.1, "samples": 4, "steps": 32, "seed": 0, **model}
     cfg["oracle"] = {**DEFAULTS, **oracle}
     shape = cfg["oracle"]["shape"]
     if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(n, int) and n > 0 for n in shape)):
@@ -140,15 +143,13 @@ def run(config_path: str, output: str | None = None, quick: bool = False, progre
         cfg["output"] = output
     if quick:
         cfg["oracle"].update(shape=QUICK["shape"], items=QUICK["items"])
-        cfg["samples"] = min(int(cfg.get("samples", 1)), QUICK["samples"])
-        cfg["sampler"] = {**(cfg.get("sampler") or {}), "steps": QUICK["steps"]}
+        cfg["model"].update(samples=min(int(cfg["model"]["samples"]), QUICK["samples"]), steps=QUICK["steps"])
     o = cfg["oracle"]
     shape = tuple(o["shape"])
     schedule = CosineSchedule(float(o["eta"]))
     prior = GaussianPrior(schedule, power_law(shape, float(o["slope"]), float(o["k0"])), torch.zeros(shape[0]))
-    std, k, seed = float(cfg.get("std", 0.1)), int(cfg.get("samples", 4)), int(cfg.get("seed", 0))
-    sampler = {"steps": 32, "corrections": 0, "tau": 1.0, **(cfg.get("sampler") or {})}
-    guard = cfg.get("guard") or {}
+    model = cfg["model"]
+    std, k, seed = float(model["std"]), int(model["samples"]), int(model["seed"])
     strategies = {}
     for name, spec in cfg["strategies"].items():
         extra = {}
@@ -173,8 +174,7 @@ def run(config_path: str, output: str | None = None, quick: bool = False, progre
         for name, strategy in strategies.items():
             if progress:
                 print(f"oracle: {name} @ {op_name}", flush=True)
-            module = InferenceModule(strategy, op, std=std, samples=k, seed=seed, **sampler, **guard)
-            module.attach_prior(prior, schedule)
+            module = InferenceModule.from_prior(prior, schedule, strategy=strategy, operator=op, **model)
             start = time.perf_counter()
             out = module.predict_step({"x": truth, "y": y, "index": torch.arange(items)})
             seconds = time.perf_counter() - start

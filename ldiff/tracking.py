@@ -86,9 +86,20 @@ class RunLog:
             ``online`` or ``disabled``.
         config: the resolved config, logged to W&B.
         name: the W&B run name.
+        group, job_type: the W&B group and job type (a compare run's group holds one
+            run per (strategy, operator) and this summary run).
     """
 
-    def __init__(self, directory: str | os.PathLike, project: str = "ldiff", mode: str = "offline", config: dict | None = None, name: str | None = None):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        project: str = "ldiff",
+        mode: str = "offline",
+        config: dict | None = None,
+        name: str | None = None,
+        group: str | None = None,
+        job_type: str | None = None,
+    ):
         if mode not in ("offline", "online", "disabled"):
             raise ValueError(f"wandb mode must be offline, online or disabled, got {mode!r}")
         self.directory = Path(directory)
@@ -97,22 +108,26 @@ class RunLog:
         if mode != "disabled":
             import wandb
 
-            self.run = wandb.init(project=project, mode=mode, dir=str(self.directory), config=config or {}, name=name, reinit="create_new")
+            self.run = wandb.init(
+                project=project, mode=mode, dir=str(self.directory), config=config or {}, name=name,
+                group=group, job_type=job_type, reinit="create_new",
+            )
 
-    def table(self, name: str, rows: list[dict[str, Any]]) -> Path:
-        """Log a table of rows (dicts with the same keys); returns the CSV path."""
-        columns = list(rows[0]) if rows else []
+    def table(self, name: str, rows: list[dict[str, Any]], wandb: bool = True) -> Path:
+        """Save a table of rows (dicts; a key missing from a row is left empty) and log it to W&B unless
+        ``wandb`` is False (data W&B already holds as series); returns the CSV path."""
+        columns = list(dict.fromkeys(key for row in rows for key in row))  # every key, first-seen order
         path = self.directory / "tables" / f"{name}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
+            writer = csv.DictWriter(f, fieldnames=columns, restval="")
             writer.writeheader()
             writer.writerows(rows)
         write_json(path.with_suffix(".json"), rows)
-        if self.run is not None:
-            import wandb
+        if self.run is not None and wandb:
+            from wandb import Table
 
-            self.run.log({name: wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])})
+            self.run.log({name: Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])})
         return path
 
     def figure(self, name: str, figure) -> Path:
@@ -136,3 +151,43 @@ class RunLog:
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+def log_run(loggers, experiment: dict[str, Any], metrics: dict[str, float], series: dict[str, torch.Tensor], figures: dict[str, Any]) -> None:
+    """Log one reconstruction run to Lightning loggers (W&B, CSV, ...).
+
+    - ``experiment`` as hyperparameters (the W&B run's config);
+    - ``series`` (name -> (E,), one value per sampler evaluation, ``t`` included) as
+      ``diag/<name>`` at logger steps 0 .. E - 1 (on W&B, plotted against ``diag/t``);
+    - ``metrics`` as ``predict/<name>`` at step E;
+    - ``figures`` (matplotlib) as images ``predict/<name>`` on a ``WandbLogger``; the
+      figures are closed afterwards.
+    """
+    from lightning.pytorch.loggers import WandbLogger
+
+    steps = len(series["t"]) if "t" in series else 0
+    for logger in loggers:
+        logger.log_hyperparams(experiment)
+        if isinstance(logger, WandbLogger) and steps:
+            logger.experiment.define_metric("diag/*", step_metric="diag/t")
+        for i in range(steps):
+            logger.log_metrics({f"diag/{name}": float(value[i]) for name, value in series.items()}, step=i)
+        logger.log_metrics({f"predict/{name}": float(value) for name, value in metrics.items()}, step=steps)
+        if isinstance(logger, WandbLogger):
+            for name, figure in figures.items():
+                logger.log_image(key=f"predict/{name}", images=[figure])
+    if figures:
+        import matplotlib.pyplot as plt
+
+        for figure in figures.values():
+            plt.close(figure)
+
+
+def finish_wandb(loggers) -> None:
+    """Finish the W&B run of every ``WandbLogger`` in ``loggers`` (Lightning leaves them
+    open until the process exits)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()

@@ -88,7 +88,7 @@ def test_truncated_store_for_fit_and_compare_through_the_console_script(files, t
     status, line = console("fit", "--config", str(ROOT / "configs/prior/grf-tiny.yaml"), "--data.path", str(cut), cwd=tmp_path)
     assert status == 2 and line.startswith(f"ldiff: error: {cut}: not a readable NetCDF4 file (OSError: ")
     config = tmp_path / "compare.yaml"
-    config.write_text(yaml.safe_dump({"checkpoint": str(prior), "data": {"test": str(cut)}, "strategies": {"dps-sum": {"class_path": "ldiff.guidance.dps_sum.DPSSum"}}}))
+    config.write_text(yaml.safe_dump({"model": {"checkpoint": str(prior)}, "data": {"path": str(cut)}, "strategies": {"dps-sum": {"class_path": "ldiff.guidance.dps_sum.DPSSum"}}}))
     status, line = console("compare", "--config", str(config), cwd=tmp_path)
     assert status == 2 and line.startswith(f"ldiff: error: {cut}: not a readable NetCDF4 file (OSError: ")
     assert "truncated file" in line
@@ -180,7 +180,7 @@ def predict(files, tmp_path: Path, *extra: str) -> int:
     store, _, prior = files
     config = ROOT / "configs" / "predict" / "grf-tiny.yaml"
     output = ["--trainer.callbacks.init_args.output", str(tmp_path / "out.nc")]
-    return run("predict", "--config", str(config), "--ckpt_path", str(prior), "--data.path", str(store), *output, "--model.steps", "2", *extra)
+    return run("predict", "--config", str(config), "--model.checkpoint", str(prior), "--data.path", str(store), *output, "--model.steps", "2", *extra)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -205,10 +205,10 @@ def test_predict_missing_and_truncated_files(files, tmp_path, capsys):
     _, cut, prior = files
     assert predict(files, tmp_path, "--data.path", str(cut)) == 2
     assert error_line(capsys).startswith(f"{cut}: not a readable NetCDF4 file")
-    assert predict(files, tmp_path, "--ckpt_path", str(tmp_path / "none.ckpt")) == 2
+    assert predict(files, tmp_path, "--model.checkpoint", str(tmp_path / "none.ckpt")) == 2
     assert error_line(capsys) == f"{tmp_path / 'none.ckpt'}: no such checkpoint file"
     (tmp_path / "cut.ckpt").write_bytes(prior.read_bytes()[:4000])
-    assert predict(files, tmp_path, "--ckpt_path", str(tmp_path / "cut.ckpt")) == 2
+    assert predict(files, tmp_path, "--model.checkpoint", str(tmp_path / "cut.ckpt")) == 2
     assert error_line(capsys).startswith(f"{tmp_path / 'cut.ckpt'}: not a readable checkpoint")
 
 
@@ -221,8 +221,7 @@ def test_predict_config_with_a_misspelled_key(files, tmp_path, capsys):
 
 def test_nan_observations_stop_trainer_predict_before_anything_is_written(tmp_path):
     prior = gaussian_prior(field_shape=(2, 8, 8))
-    module = InferenceModule(DPSSum(), Subsample(2), std=0.1, steps=2)
-    module.attach_prior(prior, prior.schedule)
+    module = InferenceModule.from_prior(prior, prior.schedule, strategy=DPSSum(), operator=Subsample(2), std=0.1, steps=2)
     y = torch.zeros(2, 2, 4, 4)
     y[1, 0, 2, 3] = float("nan")
     batch = {"y": y, "index": torch.tensor([0, 1]), "field_shape": (2, 8, 8)}
@@ -241,10 +240,8 @@ def compare(files, tmp_path: Path, change) -> int:
     """``ldiff compare`` of a one-pair config (``change(config)`` applied) on the store."""
     store, _, prior = files
     config = {
-        "checkpoint": str(prior),
-        "data": {"test": str(store), "items": 1},
-        "std": 0.1,
-        "sampler": {"steps": 2},
+        "model": {"checkpoint": str(prior), "std": 0.1, "steps": 2},
+        "data": {"path": str(store), "items": 1},
         "operators": {"sub4": {"class_path": "ldiff.observe.Subsample", "init_args": {"stride": 4}}},
         "strategies": {"dps-sum": {"class_path": "ldiff.guidance.dps_sum.DPSSum"}},
         "output": str(tmp_path / "run"),
@@ -256,8 +253,8 @@ def compare(files, tmp_path: Path, change) -> int:
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda c: c.update(std=0), "{config}: observation noise std must be finite and > 0, got 0.0 (1 of 1 values)"),
-    (lambda c: c.update(std=-1), "{config}: observation noise std must be finite and > 0, got -1.0 (1 of 1 values)"),
+    (lambda c: c["model"].update(std=0), "{config}: model: observation noise std must be finite and > 0, got 0 (1 of 1 values)"),
+    (lambda c: c["model"].update(std=-1), "{config}: model: observation noise std must be finite and > 0, got -1 (1 of 1 values)"),
     (lambda c: c.update(operators={"f": {"class_path": "ldiff.observe.Frames", "init_args": {"every": 4, "offset": 3}}}),
      "Frames(every=4, offset=3, components=2) gives zero observations on fields (4, 16, 16)"),
     (lambda c: c.update(operators={"p": {"class_path": "ldiff.observe.Subsample", "init_args": {"stride": 32, "offset": 17}}}),
@@ -265,12 +262,13 @@ def compare(files, tmp_path: Path, change) -> int:
     (lambda c: c.update(operators={"p": {"class_path": "ldiff.observe.Subsample", "init_args": {"stride": 2, "offset": 2}}}),
      "{config}: operators.p: Subsample: offset must lie in [0, stride), got 2"),
     (lambda c: c.update(sampels=2), "{config}: unknown key 'sampels' (expected one of "),
+    (lambda c: c["model"].update(sampels=2), "{config}: model: unknown key 'sampels' (expected one of "),
     (lambda c: c["data"].update(tset="x.nc"), "{config}: data: unknown key 'tset' (expected one of "),
     (lambda c: c["operators"]["sub4"]["init_args"].update(strid=2),
      "{config}: operators.sub4.init_args: unknown key 'strid' (expected one of offset, stride)"),
-    (lambda c: c.update(guard={"diverge_factr": 3}), "{config}: guard: unknown key 'diverge_factr' (expected one of "),
+    (lambda c: c["model"].update(diverge_factr=3), "{config}: model: unknown key 'diverge_factr' (expected one of "),
     (lambda c: c.pop("strategies"), "{config}: missing key 'strategies'"),
-], ids=["std0", "std-neg", "frames-empty", "offset-grid", "offset-stride", "typo-top", "typo-data", "typo-init", "typo-guard", "missing"])  # fmt: skip
+], ids=["std0", "std-neg", "frames-empty", "offset-grid", "offset-stride", "typo-top", "typo-model", "typo-data", "typo-init", "typo-guard", "missing"])  # fmt: skip
 def test_compare_refuses_bad_configs(files, tmp_path, capsys, change, message):
     assert compare(files, tmp_path, change) == 2
     assert error_line(capsys).startswith(message.format(config=tmp_path / "compare.yaml"))
@@ -280,13 +278,13 @@ def test_compare_refuses_bad_configs(files, tmp_path, capsys, change, message):
 def test_compare_refuses_bad_files(files, tmp_path, capsys):
     store = files[0]
     inf = variant(store, tmp_path / "inf.nc", lambda ds: ds.assign(u=ds["u"].where(ds["x"] > 0, -np.inf)))
-    assert compare(files, tmp_path, lambda c: c["data"].update(test=str(inf))) == 2
+    assert compare(files, tmp_path, lambda c: c["data"].update(path=str(inf))) == 2
     assert error_line(capsys) == f"{inf}: variable 'u' holds 2048 NaN or Inf values"
-    assert compare(files, tmp_path, lambda c: c.update(checkpoint=str(tmp_path / "none.ckpt"))) == 2
+    assert compare(files, tmp_path, lambda c: c["model"].update(checkpoint=str(tmp_path / "none.ckpt"))) == 2
     assert error_line(capsys) == f"{tmp_path / 'none.ckpt'}: no such checkpoint file"
-    assert compare(files, tmp_path, lambda c: c["data"].update(test=str(tmp_path / "none.nc"))) == 2
+    assert compare(files, tmp_path, lambda c: c["data"].update(path=str(tmp_path / "none.nc"))) == 2
     assert error_line(capsys) == f"{tmp_path / 'none.nc'}: no such file"
-    (tmp_path / "bad.yaml").write_text("checkpoint: [unclosed\n")
+    (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
     assert run("compare", "--config", str(tmp_path / "bad.yaml")) == 2
     assert error_line(capsys).startswith(f"{tmp_path / 'bad.yaml'}: not valid YAML (")
 
@@ -303,14 +301,14 @@ def test_compare_refuses_a_checkpoint_of_another_architecture(files, tmp_path, c
         checkpoint["state_dict"] = ScorePrior(UNet(**net["init_args"]), precondition=False).state_dict()
     ckpt = tmp_path / "other.ckpt"
     torch.save(checkpoint, ckpt)
-    assert compare(files, tmp_path, lambda c: c.update(checkpoint=str(ckpt))) == 2
+    assert compare(files, tmp_path, lambda c: c["model"].update(checkpoint=str(ckpt))) == 2
     assert error_line(capsys).startswith(message.format(store=store, ckpt=ckpt))
 
 
 @pytest.mark.parametrize("key", ["strategies", "operators"])
 def test_compare_refuses_an_empty_sweep_by_name(key, tmp_path, capsys):
     config = tmp_path / "c.yaml"
-    spec = {"checkpoint": "x.ckpt", "data": {"test": "t.nc"}, "strategies": {"dps-sum": {"class_path": "ldiff.guidance.dps_sum.DPSSum"}}}
+    spec = {"model": {"checkpoint": "x.ckpt"}, "data": {"path": "t.nc"}, "strategies": {"dps-sum": {"class_path": "ldiff.guidance.dps_sum.DPSSum"}}}
     spec[key] = {}
     config.write_text(yaml.safe_dump(spec))
     assert main(["compare", "--config", str(config)]) == 2

@@ -115,8 +115,8 @@ def test_hand_written_sda_loop_reproduces_predict_step():
     data = {"x": torch.randn(2, *TINY.field_shape, generator=torch.Generator().manual_seed(1)), "index": torch.arange(2)}
     out = module(net, steps=8, corrections=1).predict_step(data)
     assert out["regime"].tolist() == [[0], [0]]  # balanced: no sample frozen by the guard
-    x1, generator = reference_inputs(2, TINY.field_shape)
-    reference = sda_loop(net, out["y"], x1, 8, 1, generator)
+    x1, generators = reference_inputs(2, TINY.field_shape)
+    reference = sda_loop(net, out["y"], x1, 8, 1, generators)
     torch.testing.assert_close(out["recon"][:, 0], reference, rtol=1e-5, atol=1e-5)
 
 

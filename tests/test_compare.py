@@ -6,9 +6,11 @@ import sys
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import pytest
 import xarray as xr
 import yaml
+from wandb_files import read_runs
 
 from ldiff.cli import main
 from ldiff.data.grf import generate_grf
@@ -40,8 +42,9 @@ def compared(prior, tmp_path_factory):
     ckpt, train, test = prior
     tmp = tmp_path_factory.mktemp("compare")
     config = yaml.safe_load((ROOT / "configs" / "compare" / "grf-tiny.yaml").read_text())
-    config.update(checkpoint=str(ckpt), output=str(tmp / "run"))
-    config["data"].update(test=str(test), train=str(train))
+    config.update(output=str(tmp / "run"), baseline={"fit": str(train)})
+    config["model"].update(checkpoint=str(ckpt))
+    config["data"].update(path=str(test))
     path = tmp / "compare.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     assert run("compare", "--config", str(path)) == 0
@@ -58,8 +61,9 @@ def test_compare_writes_one_scored_prediction_file_per_pair(compared):
     for r in rows:
         assert int(r["balanced"]) + int(r["flat"]) + int(r["diverged"]) == 3 * 2
         with xr.open_dataset(out / "predictions" / f"{r['strategy']}__{r['operator']}.nc", engine="h5netcdf") as ds:
-            assert ds["recon"].shape == (3, 2, 4, 16, 16)
+            assert ds["recon"].shape == (3, 2, 2, 2, 16, 16)  # item, sample, frame, component, y, x
             assert float(ds.attrs["metric_rmse_mean"]) == pytest.approx(float(r["rmse_mean"]), nan_ok=True)
+            assert (ds.attrs["label"], ds.attrs["operator_label"]) == (r["strategy"], r["operator"])
     assert json.loads((out / "tables" / "summary.json").read_text())[0]["strategy"] == "dps-sum"
 
 
@@ -70,7 +74,7 @@ def test_the_exact_gaussian_row_fits_the_data_at_about_the_noise(compared):
     assert 0.2 < float(rows[("exact-gaussian", "sub2")]["residual_ratio"]) < 1.0
 
 
-def test_compare_records_provenance_figures_and_an_offline_wandb_run(compared):
+def test_compare_records_provenance_figures_and_a_local_mirror(compared):
     out, ckpt = compared
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["checksums"]["checkpoint"] == sha256(ckpt)
@@ -78,29 +82,81 @@ def test_compare_records_provenance_figures_and_an_offline_wandb_run(compared):
     assert provenance["packages"]["torch"]
     assert (out / "figures" / "vorticity.png").stat().st_size > 10_000
     assert (out / "figures" / "diagnostics.png").stat().st_size > 10_000
-    runs = list((out / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
-    # what W&B got is mirrored locally: the summary table and the summary values
+    # what W&B got is mirrored locally: the summary table, the summary values, the series
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dps-sum/sub2/diverged"] == 0 or summary["dps-sum/sub2/diverged"] > 0
+    series = json.loads((out / "tables" / "diagnostics.json").read_text())
+    dps = [row for row in series if (row["strategy"], row["operator"]) == ("dps-sum", "sub4")]
+    assert [row["step"] for row in dps] == list(range(6))  # 6 sampler steps, one guided evaluation each
+    assert dps[0]["t"] == pytest.approx(1.0) and all(row["ratio"] > 0 for row in dps)
 
 
-def test_predict_cli_writes_a_scored_file(prior, tmp_path):
+def test_compare_makes_one_wandb_run_per_pair_in_one_group_with_the_diagnostics_series(compared):
+    out, ckpt = compared
+    runs = read_runs(out / "wandb")
+    pairs = [run for run in runs if run.job_type == "compare"]
+    strategies = ["dps-sum", "dual-scaled", "mmps", "ddrm", "exact-gaussian"]
+    assert sorted(run.name for run in pairs) == sorted(f"{s}@{o}" for s in strategies for o in ("sub2", "sub4"))
+    assert len({run.group for run in runs}) == 1 and [run.job_type for run in runs].count("summary") == 1
+    run = next(run for run in pairs if run.name == "dps-sum@sub4")
+    assert set(run.tags) == {"dps-sum", "sub4"}
+    assert run.config["strategy_class"] == "ldiff.guidance.dps_sum.DPSSum" and run.config["strategy_args"]["gamma"] == 0.01
+    assert (run.config["operator"], run.config["n_obs"], run.config["std"]) == ("Subsample(stride=4, offset=0)", 64, 0.1)
+    assert run.config["checkpoint_sha256"] == sha256(ckpt)
+    # the series against t, one row per sampler step, equal to the local mirror
+    steps = [row for row in run.history if "diag/t" in row]
+    mirror = [row for row in json.loads((out / "tables" / "diagnostics.json").read_text()) if (row["strategy"], row["operator"]) == ("dps-sum", "sub4")]
+    assert len(steps) == 6
+    np.testing.assert_allclose([row["diag/ratio"] for row in steps], [row["ratio"] for row in mirror], rtol=1e-6)
+    np.testing.assert_allclose([row["diag/eps_norm"] for row in steps], [row["eps_norm"] for row in mirror], rtol=1e-6)
+    assert {"diag/correction_norm", "diag/gamma_share"} <= set(steps[0])
+    # and every pair's metrics, equal to the summary table's
+    table = {f"{r['strategy']}@{r['operator']}": r for r in csv.DictReader(open(out / "tables" / "summary.csv"))}
+    for run in pairs:
+        for name in ("rmse_mean", "vorticity_corr_mean", "residual_ratio", "diverged"):
+            assert run.summary[f"predict/{name}"] == pytest.approx(float(table[run.name][name]), nan_ok=True), (run.name, name)
+    assert np.isfinite(runs[0].summary["predict/rmse_mean"]) or np.isfinite(pairs[-1].summary["predict/rmse_mean"])
+
+
+def test_predict_cli_writes_a_readable_file_and_an_offline_wandb_run(prior, tmp_path):
     ckpt, train, _ = prior
     output = tmp_path / "recon.nc"
     config = ROOT / "configs" / "predict" / "grf-tiny.yaml"
-    status = run("predict", "--config", str(config), "--ckpt_path", str(ckpt), "--data.path", str(train),
-                 "--trainer.callbacks.init_args.output", str(output))
+    status = run("predict", "--config", str(config), "--model.checkpoint", str(ckpt), "--data.path", str(train),
+                 "--trainer.callbacks.init_args.output", str(output), "--trainer.logger.init_args.save_dir", str(tmp_path))
     assert status == 0
     with xr.open_dataset(output, engine="h5netcdf") as ds:
         # 2 test trajectories of 8 frames in windows of 2 -> 8 items
         assert ds.sizes["item"] == 8 and ds.sizes["sample"] == 2
-        assert "metric_vorticity_corr" in ds.attrs and "norm_std" in ds.attrs
+        assert (ds.attrs["strategy"], ds.attrs["operator"], ds.attrs["checkpoint_sha256"]) == ("DualScaled", "Subsample(stride=2, offset=0)", sha256(ckpt))
+        # physical units: the store's u at the item's trajectory and time, selectable by x and y
+        store = xr.open_dataset(train, engine="h5netcdf")
+        item = ds.isel(item=3)
+        truth_u = item["truth"].sel(frame=0, component="u").sel(y=store["y"][5], x=store["x"][7], method="nearest")
+        stored = store["u"].sel(trajectory=int(item["trajectory"]), time=float(item["time"])).isel(y=5, x=7)
+        assert float(truth_u) == pytest.approx(float(stored), rel=1e-5, abs=1e-6)
+        assert ds["x"].attrs["units"] == store["x"].attrs["units"]
+        # observations at their positions: the truth there, up to the noise
+        obs = item["observation"]
+        obs = obs.where((obs["obs_component"] == "u") & (obs["obs_frame"] == 0), drop=True)
+        assert obs.sizes["obs"] == 64  # a quarter of the 256: u of frame 0
+        at = item["truth"].sel(frame=0, component="u").sel(x=obs["obs_x"], y=obs["obs_y"])
+        noise = (obs - at).std().item() / float(ds.attrs["norm_std"][0])
+        assert 0.05 < noise < 0.2  # std 0.1 in normalised units
+        assert ds["regime"].attrs["flag_meanings"] == "balanced flat diverged"
+    (wandb_run,) = read_runs(tmp_path / "wandb")
+    assert wandb_run.config["strategy"] == "DualScaled" and wandb_run.config["n_obs"] == 256
+    assert wandb_run.config["checkpoint_sha256"] == sha256(ckpt) and wandb_run.config["std"] == 0.1
+    with xr.open_dataset(output, engine="h5netcdf") as ds:
+        for name in ("rmse", "vorticity_rmse", "vorticity_corr", "residual_ratio", "energy_ratio", "spectrum_log_error",
+                     "crps", "spread_skill", "balanced", "flat", "diverged"):
+            assert wandb_run.summary[f"predict/{name}"] == pytest.approx(float(ds.attrs[f"metric_{name}"]), nan_ok=True), name
+    assert any(key.startswith("predict/reconstruction") for key in wandb_run.summary)
 
 
 def test_compare_refuses_a_misspelled_key(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
-    path.write_text("checkpoint: x.ckpt\ndata: {test: t.nc}\nstrategies: {}\nsampler: {stepz: 3}\n")
+    path.write_text("model: {checkpoint: x.ckpt, stepz: 3}\ndata: {path: t.nc}\nstrategies: {}\n")
     assert run("compare", "--config", str(path)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "stepz" in err[0]

@@ -173,7 +173,7 @@ def prior(tmp_path_factory) -> Path:
     (2, [".out.nc.*.tmp", ".out.nc.shard-0.nc"]),  # died writing the merged file
 ], ids=["shard", "merged"])  # fmt: skip
 def test_predict_killed_while_writing_leaves_no_output_and_a_rerun_completes(store, prior, tmp_path, nth, debris):
-    args = ["predict", "--config", str(PREDICT_CONFIG), "--ckpt_path", str(prior), "--data.path", str(store),
+    args = ["predict", "--config", str(PREDICT_CONFIG), "--model.checkpoint", str(prior), "--data.path", str(store),
             "--trainer.callbacks.init_args.output", str(tmp_path / "out.nc"), "--model.steps", "2"]  # fmt: skip
     done = ldiff(*args, kill_on=("to_netcdf", nth))
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
@@ -192,9 +192,10 @@ def test_predict_killed_while_writing_leaves_no_output_and_a_rerun_completes(sto
 
 def test_compare_killed_mid_run_keeps_finished_pairs_and_a_rerun_completes(store, prior, tmp_path):
     config = yaml.safe_load(COMPARE_CONFIG.read_text())
-    config.update(checkpoint=str(prior), output=str(tmp_path / "run"), baseline=False, samples=1, wandb={"mode": "disabled"})
-    config["data"].update(test=str(store), items=2)
-    config["sampler"]["steps"] = 2
+    config.pop("baseline")
+    config.update(output=str(tmp_path / "run"), wandb={"mode": "disabled"})
+    config["model"].update(checkpoint=str(prior), samples=1, steps=2)
+    config["data"].update(path=str(store), items=2)
     config["strategies"] = {"dps-sum": config["strategies"]["dps-sum"]}
     (tmp_path / "compare.yaml").write_text(yaml.safe_dump(config))
     # writes: sub2 shard (1), sub2 merged (2), sub4 shard (3), sub4 merged (4)
@@ -230,12 +231,11 @@ class ExplodesEverywhere(ExplodesOnSecondSample):
 
 def predict_to_file(strategy, path: Path) -> xr.Dataset:
     """trainer.predict of 4 items, K = 2, batches of 2 items, through the writer and
-    :func:`ldiff.evaluate.evaluate` (grid 1 x 1, periodic, unit normaliser)."""
+    :class:`ldiff.evaluate.ReconstructionMetrics` (grid 1 x 1, periodic, unit normaliser)."""
     prior = gaussian_prior(field_shape=(2, 8, 8))
     truth = prior.sample(4, torch.Generator().manual_seed(2))
-    module = InferenceModule(strategy, Subsample(2), std=0.1, samples=2, steps=6, seed=0)
-    module.attach_prior(prior, prior.schedule, {"mean": torch.zeros(2, dtype=torch.float64), "std": torch.ones(2, dtype=torch.float64)})
-    module.grid = (1.0, 1.0, True)
+    unit = {"mean": torch.zeros(2, dtype=torch.float64), "std": torch.ones(2, dtype=torch.float64)}
+    module = InferenceModule.from_prior(prior, prior.schedule, unit, strategy=strategy, operator=Subsample(2), std=0.1, samples=2, steps=6, seed=0, grid=(1.0, 1.0, True))
     trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[ReconstructionWriter(str(path))], enable_progress_bar=False, enable_model_summary=False)
     trainer.predict(module, DataLoader(IndexedFields(truth), batch_size=2), return_predictions=False)
     with xr.open_dataset(path, engine="h5netcdf") as ds:

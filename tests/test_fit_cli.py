@@ -159,3 +159,37 @@ def test_bad_configs_are_one_line_errors(tmp_path, capsys, old, new, expected):
     assert run("fit", "--config", str(tmp_path / "bad.yaml"), "--data.path", str(tmp_path / "x.nc")) == 2
     assert expected in error_line(capsys)
     assert not marker.exists()
+
+
+def test_fit_logs_loss_lr_and_sample_panels_to_one_wandb_run_across_a_resume(tmp_path, monkeypatch):
+    """The shipped prior configs' loggers (WandbLogger offline + CSVLogger) and
+    SamplePanel on the tiny config: loss and learning rate in the W&B history, a panel
+    of sample vorticity every epoch (image in the run, PNG on disk), and a resumed fit
+    with the same WANDB_RUN_ID logs under the same run id (fit.sbatch's requeue)."""
+    from wandb_files import read_runs
+
+    data = save(generate_grf(16, 8, 16, seed=0), tmp_path / "grf.nc")
+    root = tmp_path / "run"
+    shipped = yaml.safe_load((CONFIG.parent / "kolmogorov.yaml").read_text())["trainer"]
+    config = yaml.safe_load(CONFIG.read_text())
+    config["trainer"]["logger"] = shipped["logger"]
+    for logger in config["trainer"]["logger"]:
+        logger["init_args"]["save_dir"] = str(root)
+    config["trainer"]["callbacks"] = [{"class_path": "ldiff.lit.panels.SamplePanel", "init_args": {"every_n_epochs": 1, "samples": 2, "steps": 4}}]
+    path = tmp_path / "fit.yaml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("WANDB_RUN_ID", "ldiff-fit-test")
+    args = ["--config", str(path), "--data.path", str(data), "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false"]
+    assert run("fit", *args, "--trainer.max_epochs", "1") == 0
+    assert run("fit", *args, "--trainer.max_epochs", "2", "--ckpt_path", str(root / "checkpoints" / "last.ckpt")) == 0
+    runs = sorted((root / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(run.name.endswith("-ldiff-fit-test") for run in runs)
+    first, second = read_runs(root / "wandb")
+    losses = [row for row in first.history if "train/loss" in row]
+    assert len(losses) == STEPS_PER_EPOCH and all(row["train/lr"] > 0 for row in losses)
+    assert first.config["net"]["class_path"] == "ldiff.nets.unet.UNet" and first.config["window"] == 2
+    for attempt in (first, second):
+        assert attempt.summary["samples/vorticity/_type"] == "images/separated"
+    assert second.summary["trainer/global_step"] >= 2 * STEPS_PER_EPOCH - 1
+    panels = sorted(path.name for path in root.rglob("samples/epoch-*.png"))
+    assert panels == ["epoch-000.png", "epoch-001.png"]

@@ -1,5 +1,6 @@
 """InferenceModule and ReconstructionWriter through trainer.predict (1 and 2 processes)."""
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -20,48 +21,79 @@ from ldiff.observe import Frames, Subsample
 SCRIPT = Path(__file__).parent / "scripts" / "predict_gaussian.py"
 
 
-def run_script(tmp_path, items, devices):
+def run_script(tmp_path, items, devices, strategy="ddrm"):
     output = tmp_path / "recon.nc"
-    result = subprocess.run([sys.executable, str(SCRIPT), str(output), str(items), str(devices)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, str(SCRIPT), str(output), str(items), str(devices), strategy], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert f"ldiff: wrote {output} ({items} items x 2 samples)" in result.stdout  # the closing line
     with xr.open_dataset(output, engine="h5netcdf") as ds:
         return ds.load()
 
 
+def logged_metrics(tmp_path) -> dict[str, float]:
+    """What the module logged (CSVLogger of the script): the ``predict/*`` row."""
+    with open(tmp_path / "log" / "version_0" / "metrics.csv") as f:
+        (row,) = [r for r in csv.DictReader(f) if r.get("predict/rmse")]
+    return {key[len("predict/"):]: float(value) for key, value in row.items() if key.startswith("predict/")}
+
+
 def test_single_process_predict_writes_every_item_with_its_reconstruction(tmp_path):
-    ds = run_script(tmp_path, items=5, devices=1)
+    ds = run_script(tmp_path, items=5, devices=1, strategy="dps-sum")
     assert ds["item"].values.tolist() == [0, 1, 2, 3, 4]
-    assert ds["recon"].shape == (5, 2, 2, 16, 16)
-    assert ds["truth"].shape == (5, 2, 16, 16)
-    assert ds["y"].shape == (5, 2 * 8 * 8)
+    assert ds["recon"].dims == ("item", "sample", "frame", "component", "y", "x")
+    assert ds["recon"].shape == (5, 2, 1, 2, 16, 16)
+    assert ds["truth"].shape == (5, 1, 2, 16, 16)
+    assert ds["observation"].shape == (5, 2 * 8 * 8)
     # 8 steps, one guided evaluation each
     assert ds["diag_ratio"].shape == (8, 5, 2)
     assert np.isfinite(ds["recon"].values).all()
-    assert ds.attrs["strategy"] == "dps-sum"
-    # the writer stores exactly what predict_step returns for the same item
+    assert (ds.attrs["strategy"], ds.attrs["label"], ds.attrs["n_obs"], ds.attrs["std_normalised"]) == ("DPSSum", "dps-sum", 128, 0.1)
+    # the file holds what predict_step returns for the same item, in physical units:
+    # u = 0.5 + 2 u', v = -0.25 + 0.5 v' (the script's normaliser), x and y on the grid (0.5, 0.25)
     prior = gaussian_prior(field_shape=(2, 16, 16))
-    module = InferenceModule(DPSSum(gamma=1e-2), Subsample(2), std=0.1, samples=2, steps=8, seed=3)
-    module.attach_prior(prior, prior.schedule)
-    truth = torch.from_numpy(ds["truth"].values[:2])
+    module = InferenceModule.from_prior(prior, prior.schedule, strategy=DPSSum(gamma=1e-2), operator=Subsample(2), std=0.1, samples=2, steps=8, seed=3)
+    truth = prior.sample(5, torch.Generator().manual_seed(0))[:2]
     out = module.predict_step({"x": truth, "index": torch.tensor([0, 1])})
-    np.testing.assert_allclose(out["recon"].numpy(), ds["recon"].values[:2], rtol=1e-5, atol=1e-6)
+    scale, shift = np.array([2.0, 0.5])[:, None, None], np.array([0.5, -0.25])[:, None, None]
+    np.testing.assert_allclose(ds["recon"].values[:2, :, 0], out["recon"].numpy() * scale + shift, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ds["truth"].values[:2, 0], truth.numpy() * scale + shift, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ds["x"].values, 0.5 * np.arange(16))
+    np.testing.assert_allclose(ds["y"].values, 0.25 * np.arange(16))
+    # observation i sits at node (obs_y, obs_x) of component obs_component: every 2nd node
+    u = ds["observation"].where(ds["obs_component"] == "u", drop=True)
+    assert np.allclose(np.unique(u["obs_x"]), 0.5 * np.arange(0, 16, 2)) and np.allclose(np.unique(u["obs_y"]), 0.25 * np.arange(0, 16, 2))
+    residual = (u - ds["truth"].sel(frame=0, component="u").sel(x=u["obs_x"], y=u["obs_y"])) / 2.0
+    assert 0.07 < float(residual.std()) < 0.13  # noise std 0.1 in normalised units
+    assert ds["regime"].attrs["flag_meanings"] == "balanced flat diverged"
     assert not list(tmp_path.glob(".*"))  # no shard or temporary file left
 
 
 @pytest.mark.slow
-def test_two_process_ddp_predict_writes_each_of_7_items_exactly_once(tmp_path):
-    ds = run_script(tmp_path, items=7, devices=2)
+def test_two_process_ddp_predict_equals_one_process_bitwise_with_the_same_metrics(tmp_path):
+    """7 items over 2 ranks (4 + 3, batches of 2: the ranks' batches differ from one
+    process's) with ddrm, which draws sampler noise at every step: each item exactly once,
+    the reconstructions bitwise equal, the metrics (reduced over both ranks) equal."""
+    ds = run_script(tmp_path / "two", items=7, devices=2)
+    single = run_script(tmp_path / "one", items=7, devices=1)
     assert ds["item"].values.tolist() == list(range(7))
-    single = run_script(tmp_path / "single", items=7, devices=1)
-    # observation noise is seeded per item, so both runs pose the same problems
-    np.testing.assert_array_equal(ds["y"].values, single["y"].values)
-    np.testing.assert_array_equal(ds["truth"].values, single["truth"].values)
+    assert not list((tmp_path / "two").glob(".*"))  # no shard left behind
+    for name in ("recon", "truth", "observation", "regime"):
+        np.testing.assert_array_equal(ds[name].values, single[name].values, err_msg=name)
+    metrics = {k: v for k, v in ds.attrs.items() if k.startswith("metric_")}
+    assert metrics["metric_items"] == 7 and metrics["metric_balanced"] + metrics["metric_flat"] + metrics["metric_diverged"] == 14
+    for key, value in metrics.items():
+        assert value == pytest.approx(single.attrs[key], rel=1e-9, nan_ok=True), key
+    # what the module logged is the same on both runs, and equal to the file's metrics
+    logged, logged_single = logged_metrics(tmp_path / "two"), logged_metrics(tmp_path / "one")
+    assert logged.keys() == {key[len("metric_"):] for key in metrics}
+    for key, value in logged.items():
+        assert value == pytest.approx(logged_single[key], rel=1e-9, nan_ok=True), key
+        assert value == pytest.approx(float(metrics[f"metric_{key}"]), rel=1e-9, nan_ok=True), key
 
 
 def test_observation_noise_depends_only_on_seed_and_item():
     prior = gaussian_prior(field_shape=(2, 8, 8))
-    module = InferenceModule(DPSSum(), Subsample(2), std=0.1, samples=1, steps=2, seed=5)
-    module.attach_prior(prior, prior.schedule)
+    module = InferenceModule.from_prior(prior, prior.schedule, strategy=DPSSum(), operator=Subsample(2), std=0.1, samples=1, steps=2, seed=5)
     truth = prior.sample(3, torch.Generator().manual_seed(1))
     together = module._observe(truth, torch.tensor([0, 1, 2]))
     alone = module._observe(truth[2:], torch.tensor([2]))
@@ -88,8 +120,7 @@ class ExplodesOnSecondSample(ScoreGuidance):
 def test_a_diverging_sample_is_frozen_and_labelled_and_spares_the_others():
     prior = gaussian_prior(field_shape=(2, 8, 8))
     truth = prior.sample(2, torch.Generator().manual_seed(2))
-    module = InferenceModule(ExplodesOnSecondSample(), Subsample(2), std=0.1, samples=1, steps=6, seed=0)
-    module.attach_prior(prior, prior.schedule)
+    module = InferenceModule.from_prior(prior, prior.schedule, strategy=ExplodesOnSecondSample(), operator=Subsample(2), std=0.1, samples=1, steps=6, seed=0)
     out = module.predict_step({"x": truth, "index": torch.tensor([0, 1])})
     assert out["regime"][:, 0].tolist() == [BALANCED, DIVERGED]
     assert torch.isfinite(out["recon"]).all()
@@ -102,8 +133,7 @@ def test_a_diverging_sample_is_frozen_and_labelled_and_spares_the_others():
 
 def test_bad_observations_are_refused():
     prior = gaussian_prior(field_shape=(2, 8, 8))
-    module = InferenceModule(DPSSum(), Subsample(2), std=0.1, steps=2)
-    module.attach_prior(prior, prior.schedule)
+    module = InferenceModule.from_prior(prior, prior.schedule, strategy=DPSSum(), operator=Subsample(2), std=0.1, steps=2)
     y = torch.zeros(1, 2, 4, 4)
     y[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):

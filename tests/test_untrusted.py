@@ -54,9 +54,8 @@ def files(tmp_path_factory):
 def compare_config(path: Path, files, **changes) -> Path:
     store, prior = files
     config = {
-        "checkpoint": str(prior),
-        "data": {"test": str(store), "items": 1},
-        "sampler": {"steps": 2},
+        "model": {"checkpoint": str(prior), "steps": 2},
+        "data": {"path": str(store), "items": 1},
         "operators": {"sub4": {"class_path": "ldiff.observe.Subsample", "init_args": {"stride": 4}}},
         "strategies": {"dps-sum": {"class_path": "ldiff.guidance.dps_sum.DPSSum"}},
         "output": str(path.parent / "run"),
@@ -68,7 +67,7 @@ def compare_config(path: Path, files, **changes) -> Path:
 
 
 def predict_args(files, tmp_path: Path, ckpt: Path) -> list[str]:
-    return ["predict", "--config", str(PREDICT_CONFIG), "--ckpt_path", str(ckpt), "--data.path", str(files[0]),
+    return ["predict", "--config", str(PREDICT_CONFIG), "--model.checkpoint", str(ckpt), "--data.path", str(files[0]),
             "--trainer.callbacks.init_args.output", str(tmp_path / "out.nc"), "--model.steps", "2"]  # fmt: skip
 
 
@@ -84,7 +83,7 @@ def test_predict_refuses_a_payload_checkpoint(files, tmp_path, capsys):
 
 def test_compare_refuses_a_payload_checkpoint(files, tmp_path, capsys):
     ckpt, marker = evil_checkpoint(tmp_path)
-    assert run("compare", "--config", str(compare_config(tmp_path / "c.yaml", files, checkpoint=str(ckpt)))) == 2
+    assert run("compare", "--config", str(compare_config(tmp_path / "c.yaml", files, model={"checkpoint": str(ckpt), "steps": 2}))) == 2
     assert error_line(capsys) == f"{ckpt}: {REFUSED}"
     assert not marker.exists() and not (tmp_path / "run").exists()
 

@@ -145,6 +145,8 @@ class FieldDataModule(L.LightningDataModule):
         seed: seed of the trajectory split.
         shift: training-only random circular shifts by multiples of ``(rows, columns)``
             (see :class:`WindowDataset`); ``(0, 0)`` for none.
+        items: reconstruct only this many test windows, evenly spaced over them (all
+            when None): ``ldiff predict`` and ``ldiff compare`` on a subset.
     """
 
     def __init__(
@@ -158,6 +160,7 @@ class FieldDataModule(L.LightningDataModule):
         condition: tuple[str, ...] = (),
         seed: int = 0,
         shift: tuple[int, int] = (0, 0),
+        items: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -169,6 +172,9 @@ class FieldDataModule(L.LightningDataModule):
         if len(shift) != 2 or min(shift) < 0:
             raise ValueError(f"shift: need two non-negative steps (rows, columns), got {shift}")
         self.shift = tuple(shift)
+        if items is not None and items < 1:
+            raise ValueError(f"items: need at least 1 window to reconstruct, got {items}")
+        self.items = items
         self.normalizer = Normalizer()
         self.splits: dict[str, np.ndarray] | None = None
 
@@ -197,6 +203,7 @@ class FieldDataModule(L.LightningDataModule):
             raise ValueError(f"{self.path}: window {self.window} is longer than the trajectories ({n_time} frames)")
         self.attrs = dict(ds.attrs)
         self.time = ds["time"].values
+        self.coords = {name: ds[name] for name in ("x", "y", "time")}  # with their units
         self.cond = build_conditions(ds, self.condition) if self.condition else None
         splits = split_trajectories(n_traj, self.split, self.seed)
         self.fields = {name: _fields(ds, index) for name, index in splits.items()}
@@ -222,10 +229,21 @@ class FieldDataModule(L.LightningDataModule):
         return self._loader(self.dataset("test"), shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """The test windows (:meth:`test_windows`) as items with a stable ``index``, for
-        reconstruction with ``trainer.predict``."""
+        """The windows to reconstruct (:meth:`predict_windows`) as items with a stable
+        ``index``, their ``trajectory`` and ``time``, for ``trainer.predict``."""
+        windows = self.predict_windows()
+        extra = {"trajectory": windows["trajectory"], "time": windows["time"]}
+        return DataLoader(IndexedFields(windows["x"], windows.get("cond"), extra), batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def predict_windows(self) -> dict[str, Tensor]:
+        """:meth:`test_windows`, or ``items`` of them evenly spaced (first and last
+        included) when ``items`` is set."""
         windows = self.test_windows()
-        return DataLoader(IndexedFields(windows["x"], windows.get("cond")), batch_size=self.batch_size, num_workers=self.num_workers)
+        if self.items is None:
+            return windows
+        n = len(windows["x"])
+        pick = torch.from_numpy(np.unique(np.linspace(0, n - 1, min(self.items, n)).round().astype(np.int64)))
+        return {key: value[pick] for key, value in windows.items()}
 
     def test_windows(self, stride: int | None = None) -> dict[str, Tensor]:
         """Every test window at starts ``0, stride, ...`` (default ``stride = window``:

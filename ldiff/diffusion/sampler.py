@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ldiff.diffusion.noise import randn
 from ldiff.diffusion.schedules import Schedule
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
@@ -96,7 +97,7 @@ class PredictorCorrector:
             x = r * x + (sigma_s - r * sigma_t) * eps_fn(x, t)
             for _ in range(self.corrections):
                 eps = eps_fn(x, s)
-                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                z = randn(x.shape, generator, device=x.device, dtype=x.dtype)
                 delta = self.tau / eps.square().mean(dim=mean_dims, keepdim=True)
                 x = x - (delta * eps + torch.sqrt(2 * delta) * z) * sigma_s
             if callback is not None:

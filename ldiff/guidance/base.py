@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ldiff.diffusion.noise import randn
 from ldiff.diffusion.denoise import Denoiser
 from ldiff.diffusion.schedules import Schedule
 from ldiff.diffusion.sampler import PredictorCorrector, StepCallback
@@ -271,7 +272,7 @@ class GridStrategy(Strategy):
         steps = self.grid(denoiser, sampler, x1)
 
         def noise() -> Tensor:
-            return torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+            return randn(x1.shape, generator, device=x1.device, dtype=x1.dtype)
 
         state = self.start(denoiser, obs, x1, steps[0][0])
         for i, (t, s) in enumerate(steps):

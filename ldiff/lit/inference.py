@@ -12,26 +12,43 @@ For each batch of true windows (or of given observations) the module
    and labelled ``diverged``; the others continue untouched;
 4. labels each sample's regime (``diverged``, ``flat``, ``balanced``, see
    :func:`ldiff.metrics.regime`) and returns everything the writer stores: truth,
-   observations, reconstructions, regimes, per-step diagnostics.
+   observations, reconstructions, regimes, per-step diagnostics;
+5. updates the run's metrics (:class:`~ldiff.evaluate.ReconstructionMetrics`) and the
+   per-step diagnostic series (:class:`~ldiff.evaluate.DiagnosticSeries`).
 
-Everything is in normalised units; the writer maps to physical units with the
-normaliser saved in the prior's checkpoint. Guidance needs autograd, so prediction runs
-outside inference mode whatever the trainer's setting.
+At the end of the epoch every rank computes the metrics (a collective: the states are
+reduced across processes, so N devices give the numbers of one), and the module logs
+them, the experiment's settings (:meth:`InferenceModule.experiment`), the diagnostic
+series against the step and a panel of one reconstruction to the trainer's loggers (W&B
+with a ``WandbLogger``).
+
+The module is built whole from its arguments, its checkpoint and the DataModule: the
+prior and its normaliser come from ``checkpoint``, the grid (for vorticity and spectra)
+and the coordinates from the :class:`~ldiff.data.module.FieldDataModule` in
+:meth:`setup`, whose normaliser it sets to the prior's. Everything it computes is in
+normalised units; the writer maps to physical units. Guidance needs autograd, so
+prediction runs outside inference mode whatever the trainer's setting. Sampler noise is
+drawn per item (:class:`~ldiff.diffusion.noise.ItemNoise`), so a reconstruction does not
+depend on batching or on the number of devices.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
-import xarray as xr
 from torch import Tensor, nn
 
+import ldiff
 from ldiff.diffusion.denoise import Denoiser
+from ldiff.diffusion.noise import ItemNoise
 from ldiff.diffusion.sampler import PredictorCorrector
 from ldiff.diffusion.schedules import Schedule
-from ldiff.evaluate import attach, evaluate
+from ldiff.evaluate import DiagnosticSeries, ReconstructionMetrics
 from ldiff.guidance.base import Diagnostics, Observation, Strategy
 from ldiff.guidance.mmps import MMPS
 from ldiff.lit.prior import check_channels
@@ -95,7 +112,9 @@ class InferenceModule(L.LightningModule):
         diverge_factor: a sample beyond ``diverge_factor * data_range`` is ``diverged``.
         flat_fraction: a sample whose spatial std is below ``flat_fraction`` times the
             truth's (or 1, the prior's, without truth) is ``flat``.
-        checkpoint: a prior checkpoint written by ``ldiff fit`` (loaded weights-only).
+        checkpoint: the prior, a checkpoint written by ``ldiff fit`` (loaded weights-only).
+        grid: ``(dx, dy, periodic)`` of the data, for vorticity and spectra; by default
+            the FieldDataModule's. Needed to score truth given without a DataModule.
     """
 
     def __init__(
@@ -112,6 +131,7 @@ class InferenceModule(L.LightningModule):
         diverge_factor: float = 10.0,
         flat_fraction: float = 0.2,
         checkpoint: str | None = None,
+        grid: tuple[float, float, bool] | None = None,
     ):
         super().__init__()
         check_std(std)
@@ -126,60 +146,178 @@ class InferenceModule(L.LightningModule):
         self.steps, self.corrections, self.tau = steps, corrections, tau
         self.seed = seed
         self.data_range, self.diverge_factor, self.flat_fraction = data_range, diverge_factor, flat_fraction
+        self.grid = None if grid is None else _check_grid(grid)
+        self.checkpoint, self.checkpoint_sha256 = checkpoint, None
         self.prior: nn.Module | None = None
         self.schedule: Schedule | None = None
         self.normalizer_state: dict[str, Tensor] | None = None
-        self.grid: tuple[float, float, bool] | None = None  # (dx, dy, periodic) of the data, for scoring
+        self.coords: dict[str, Any] = {}  # x, y, time of the data (xarray coordinates), from the DataModule
+        self.field_shape: tuple[int, ...] | None = None
+        self.metrics: ReconstructionMetrics | None = None
+        self.series = DiagnosticSeries()
+        self.example: dict[str, Tensor] | None = None  # the first item seen on rank 0, for the panel
+        self._results: dict[str, float] | None = None
         if checkpoint is not None:
             from ldiff.lit.checkpoint import load_prior
+            from ldiff.tracking import sha256
 
             net, schedule, normalizer, _ = load_prior(checkpoint)
-            self.attach_prior(net, schedule, normalizer)
+            self._use_prior(net, schedule, normalizer)
+            self.checkpoint_sha256 = sha256(checkpoint)
 
-    def attach_prior(self, model: nn.Module, schedule: Schedule, normalizer: dict[str, Tensor] | None = None) -> None:
-        """Use ``model`` (an epsilon model) trained with ``schedule`` as the prior."""
+    @classmethod
+    def from_prior(cls, model: nn.Module, schedule: Schedule, normalizer: dict[str, Tensor] | None = None, **kwargs) -> "InferenceModule":
+        """A module on a prior given as objects (an epsilon model trained with
+        ``schedule``, and its normaliser) rather than a checkpoint; ``kwargs`` as for
+        the constructor."""
+        module = cls(**kwargs)
+        module._use_prior(model, schedule, normalizer)
+        return module
+
+    def _use_prior(self, model: nn.Module, schedule: Schedule, normalizer: dict[str, Tensor] | None) -> None:
         self.prior = model.eval().requires_grad_(False)
         self.schedule = schedule
         self.normalizer_state = normalizer
 
     def setup(self, stage: str) -> None:
-        """Refuse data whose window does not fit the prior's network, naming both channel
-        counts, before the network sees a batch."""
-        if self.prior is not None:
-            check_channels(self.prior, getattr(self.trainer, "datamodule", None))
+        """Take what the run needs from the DataModule: refuse data whose window does not
+        fit the prior's network (naming both channel counts), put the data in the
+        prior's normalisation, and read the grid and the coordinates."""
+        if self.prior is None:
+            raise ValueError("InferenceModule: no prior: name the prior checkpoint written by `ldiff fit` with --model.checkpoint")
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            return
+        check_channels(self.prior, datamodule)
+        if self.normalizer_state is not None and hasattr(datamodule, "normalizer"):
+            datamodule.normalizer.load_state_dict(self.normalizer_state)
+        attrs = getattr(datamodule, "attrs", None)
+        if attrs is not None and self.grid is None:
+            self.grid = _check_grid((attrs["dx"], attrs["dy"], bool(int(attrs["periodic"]))))
+        self.coords = dict(getattr(datamodule, "coords", {}))
+        if "x" in self.coords and "y" in self.coords:
+            self.field_shape = (datamodule.channels, self.coords["y"].size, self.coords["x"].size)
 
-    def score(self, ds: xr.Dataset) -> xr.Dataset:
-        """Attach the metrics of a merged prediction file (:func:`ldiff.evaluate.evaluate`)
-        as ``metric_*`` attributes; unchanged without truth or without :attr:`grid`."""
-        if self.grid is None or "truth" not in ds:
-            return ds
+    def on_predict_epoch_start(self) -> None:
+        """Fresh metrics for the epoch (on every rank, whether it gets batches or not)."""
         scale = None if self.normalizer_state is None else torch.as_tensor(self.normalizer_state["std"], dtype=torch.float64)
-        return attach(ds, evaluate(ds, self.operator, self.std, *self.grid, scale=scale))
+        self.metrics = None if self.grid is None else ReconstructionMetrics(self.operator, self.std, *self.grid, scale=scale).to(self.device)
+        self.series.reset()
+        self.example, self._results = None, None
 
     def sampler(self) -> PredictorCorrector:
         return PredictorCorrector(self.schedule, self.steps, self.corrections, self.tau)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> dict[str, Tensor]:
-        """Reconstruct a batch.
+        """Reconstruct a batch and update the run's metrics.
 
         Args:
             batch: ``x`` (B, C, H, W) true fields in normalised units (or ``y``
                 (B, *obs_shape) given observations with ``field_shape``), ``index`` (B,)
-                item indices, optional ``cond`` (B, C_cond, H, W).
+                item indices, optional ``cond`` (B, C_cond, H, W), and optional per-item
+                ``trajectory`` and ``time`` (B,), passed through.
 
         Returns:
             ``index`` (B,), ``x`` (B, C, H, W) truth (if given), ``y`` (B, *obs_shape),
             ``recon`` (B, K, C, H, W), ``regime`` (B, K) codes of
-            :data:`ldiff.metrics.REGIMES`, and ``diag_<name>`` (E, B, K) per-evaluation
-            diagnostics with ``diag_t`` (E, B, K).
+            :data:`ldiff.metrics.REGIMES`, ``diag_<name>`` (E, B, K) per-evaluation
+            diagnostics with ``diag_t`` (E, B, K), and ``trajectory``/``time`` if given.
         """
         if self.prior is None:
-            raise ValueError("InferenceModule: no prior (give `checkpoint` or call attach_prior)")
+            raise ValueError("InferenceModule: no prior (give `checkpoint`, or build it with InferenceModule.from_prior)")
         with torch.inference_mode(False), torch.enable_grad():
             batch = {key: value.clone() if isinstance(value, Tensor) else value for key, value in batch.items()}
-            return self._reconstruct(batch)
+            out = self._reconstruct(batch, batch_idx)
+        self._update(out)
+        return out
 
-    def _reconstruct(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _update(self, out: dict[str, Tensor]) -> None:
+        """Update the epoch's metrics, series and example; nothing outside a trainer
+        (``predict_step`` called directly is a plain function of the batch)."""
+        self.field_shape = tuple(out["recon"].shape[2:])
+        if self._trainer is None:
+            return
+        if "x" in out:
+            if self.metrics is None:
+                raise ValueError("InferenceModule: no grid to score the truth on: give grid=(dx, dy, periodic) or predict from a FieldDataModule")
+            self.metrics.update(out["recon"], out["x"], out["y"], out["regime"])
+        diagnostics = {key[len("diag_"):]: value.flatten(1) for key, value in out.items() if key.startswith("diag_")}
+        if diagnostics:
+            self.series.update(diagnostics)
+        if self.example is None and self.trainer.is_global_zero:
+            self.example = {key: out[key][:1].detach().cpu() for key in ("x", "y", "recon", "index") if key in out}
+
+    def results(self) -> dict[str, float]:
+        """The epoch's metrics (:class:`~ldiff.evaluate.ReconstructionMetrics`), empty
+        without truth. Under DDP a collective: every rank calls it (the writer does, and
+        :meth:`on_predict_epoch_end`); it is computed once per epoch."""
+        if self._results is None:
+            with warnings.catch_warnings():  # a rank (or a strategy) may have nothing to reduce
+                warnings.filterwarnings("ignore", message=".*compute.*called before the ..update", category=UserWarning)
+                self._results = {} if self.metrics is None else self.metrics.compute()
+                self._series = self.series.compute()
+        return self._results
+
+    def diagnostic_series(self) -> dict[str, Tensor]:
+        """The per-step diagnostics of the epoch (:class:`~ldiff.evaluate.DiagnosticSeries`),
+        name -> (E,), ``t`` included; computed with :meth:`results`."""
+        self.results()
+        return self._series
+
+    def experiment(self) -> dict[str, Any]:
+        """The settings that identify the run: strategy and its arguments, operator, N,
+        std, sampler, K, seed, the checkpoint and its SHA-256, the ldiff version."""
+        strategy = self.strategy
+        return {
+            "strategy": type(strategy).__name__,
+            "strategy_class": f"{type(strategy).__module__}.{type(strategy).__qualname__}",
+            "strategy_args": {key: _plain(value) for key, value in vars(strategy).items() if not key.startswith("_")},
+            "operator": repr(self.operator),
+            "operator_class": f"{type(self.operator).__module__}.{type(self.operator).__qualname__}",
+            "n_obs": None if self.field_shape is None else self.operator.n_obs(self.field_shape),
+            "std": self.std,
+            "samples": self.samples,
+            "steps": self.steps,
+            "corrections": self.corrections,
+            "tau": self.tau,
+            "seed": self.seed,
+            "checkpoint": self.checkpoint,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "ldiff_version": ldiff.__version__,
+        }
+
+    def on_predict_epoch_end(self) -> None:
+        """Compute the metrics on every rank, then log them, the settings, the
+        diagnostic series (one logger step per sampler evaluation, then the metrics at
+        the next step) and a reconstruction panel to every logger."""
+        results = self.results()
+        series = self.diagnostic_series()
+        if not self.trainer.loggers:
+            return
+        from ldiff.tracking import log_run
+
+        log_run(self.trainer.loggers, self.experiment(), results, series, self.panels() if self.trainer.is_global_zero else {})
+
+    def panels(self) -> dict[str, Any]:
+        """Figures of the first item (truth, observed points, posterior mean, error,
+        spread; spectra), in physical units; empty without truth or normaliser."""
+        if self.example is None or "x" not in self.example or self.normalizer_state is None or self.grid is None:
+            return {}
+        from ldiff.data.normalizer import Normalizer
+        from ldiff.figures import observed_points, reconstruction_figure, spectra_figure
+
+        physical = Normalizer.from_state(self.normalizer_state).denormalize
+        truth = physical(self.example["x"].double())[0].numpy()
+        recon = physical(self.example["recon"][0].double()).numpy()
+        dx, dy, periodic = self.grid
+        observed = observed_points(self.operator, truth.shape)
+        title = f"{type(self.strategy).__name__}, {self.operator!r}, item {int(self.example['index'][0])}"
+        return {
+            "reconstruction": reconstruction_figure(truth, recon, observed, dx, dy, periodic, title=title),
+            "spectra": spectra_figure(truth, recon, dx, dy, title=title),
+        }
+
+    def _reconstruct(self, batch: dict[str, Tensor], batch_idx: int = 0) -> dict[str, Tensor]:
         index = batch["index"].long()
         truth = batch.get("x")
         field_shape = tuple(truth.shape[1:]) if truth is not None else tuple(batch["field_shape"])
@@ -195,15 +333,17 @@ class InferenceModule(L.LightningModule):
         denoiser = Denoiser(self.prior, self.schedule, None if cond is None else cond.repeat_interleave(k, dim=0))
         guard = DivergenceGuard(b * k, self.diverge_factor * self.data_range, device)
         diagnostics = Diagnostics()
-        recon = self.strategy.reconstruct(
-            denoiser,
-            obs.repeat(k),
-            x1,
-            self.sampler(),
-            generator=item_generator(self.seed, int(index[0]), 2, device),
-            callback=guard,
-            diagnostics=diagnostics,
-        ).detach()
+        noise = ItemNoise([item_generator(self.seed, int(i), 2, device) for i in index.tolist()], k)
+        with _StepProgress(self, batch_idx) as progress:
+            recon = self.strategy.reconstruct(
+                denoiser,
+                obs.repeat(k),
+                x1,
+                self.sampler(),
+                generator=noise,
+                callback=progress.wrap(guard),
+                diagnostics=diagnostics,
+            ).detach()
         reference = spatial_std(truth).repeat_interleave(k) if truth is not None else torch.ones(b * k, device=device)
         labels = regime(recon, reference, self.data_range, self.flat_fraction, self.diverge_factor)
         labels = torch.where(guard.frozen, torch.full_like(labels, DIVERGED), labels)
@@ -215,6 +355,9 @@ class InferenceModule(L.LightningModule):
         }
         if truth is not None:
             out["x"] = truth
+        for key in ("trajectory", "time"):
+            if key in batch:
+                out[key] = batch[key]
         for name, value in diagnostics.stacked().items():
             out[f"diag_{name}"] = value.reshape(value.shape[0], b, k)
         return out
@@ -226,3 +369,49 @@ class InferenceModule(L.LightningModule):
             for i in index.tolist()
         ])
         return clean + self.std * noise
+
+
+class _StepProgress:
+    """A progress bar over the sampler's steps within one batch, on rank 0 of a trainer
+    whose progress bar is on (nothing otherwise)."""
+
+    def __init__(self, module: InferenceModule, batch_idx: int):
+        trainer = module._trainer
+        self.enabled = trainer is not None and trainer.is_global_zero and trainer.progress_bar_callback is not None
+        self.total, self.description = module.steps, f"batch {batch_idx}: sampler steps"
+        self.bar = None
+
+    def __enter__(self) -> "_StepProgress":
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, desc=self.description, leave=False, dynamic_ncols=True)
+        return self
+
+    def wrap(self, callback):
+        if self.bar is None:
+            return callback
+
+        def step(i, s, x_prev, x):
+            self.bar.update(1)
+            return callback(i, s, x_prev, x)
+
+        return step
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _check_grid(grid) -> tuple[float, float, bool]:
+    if len(grid) != 3:
+        raise ValueError(f"grid: need (dx, dy, periodic), got {grid!r}")
+    dx, dy, periodic = float(grid[0]), float(grid[1]), bool(grid[2])
+    if not (math.isfinite(dx) and math.isfinite(dy) and dx > 0 and dy > 0):
+        raise ValueError(f"grid: need finite positive spacings dx, dy, got {dx}, {dy}")
+    return dx, dy, periodic
+
+
+def _plain(value: Any) -> Any:
+    """``value`` if it is a number, string, bool or None, else its repr (for configs)."""
+    return value if value is None or isinstance(value, (bool, int, float, str)) else repr(value)

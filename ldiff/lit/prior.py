@@ -137,6 +137,7 @@ class ScorePrior(L.LightningModule):
         x = batch["x"]
         loss = epsilon_loss(self.online, x, self.schedule, batch.get("cond"), weighting=self.loss_weighting)
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=x.shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

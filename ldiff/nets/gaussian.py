@@ -37,6 +37,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from ldiff.diffusion.noise import randn
 from ldiff.diffusion.schedules import Schedule
 from ldiff.linalg import truncated_cg
 from ldiff.observe import Operator, check_std
@@ -167,7 +168,7 @@ class GaussianPrior(nn.Module):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` exact prior samples, shape (n, C, H, W)."""
-        z = torch.randn((n, *self.power.shape), generator=generator, device=self.power.device)
+        z = randn((n, *self.power.shape), generator, device=self.power.device)
         return self.mean[:, None, None] + fourier_filter(z, self.power.sqrt())
 
     def solve(self, residual: Tensor, op: Operator, std: float | Tensor, maxiter: int, precondition: Callable | None = None) -> tuple[Tensor, Tensor]:
@@ -207,7 +208,7 @@ class GaussianPrior(nn.Module):
         """One exact posterior sample per observation set by perturb-and-solve, shape (B, C, H, W)."""
         check_std(std)
         x_prior = self.sample(y.shape[0], generator)
-        noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        noise = randn(y.shape, generator, device=y.device, dtype=y.dtype)
         y_sim = op(x_prior) + torch.as_tensor(std, dtype=y.dtype, device=y.device) * noise
         return x_prior + self._gain(y - y_sim, op, std, maxiter, precondition)
 

@@ -1,7 +1,10 @@
 """Run trainer.predict of the InferenceModule with the oracle Gaussian prior.
 
-Usage: python predict_gaussian.py OUTPUT.nc ITEMS DEVICES
-Used by tests/test_inference.py, in a subprocess for the 2-process DDP case.
+Usage: python predict_gaussian.py OUTPUT.nc ITEMS DEVICES [STRATEGY]
+STRATEGY: ``ddrm`` (stochastic: draws sampler noise at every step, the default) or
+``dps-sum``. Used by tests/test_inference.py, in a subprocess for the 2-process DDP case.
+The module's metrics (computed on every rank) and its settings are logged to a
+CSVLogger in OUTPUT's directory, ``log/``.
 """
 
 import sys
@@ -9,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -16,30 +20,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from oracle import gaussian_prior  # noqa: E402
 
 from ldiff.data.items import IndexedFields  # noqa: E402
+from ldiff.guidance.ddrm import DDRM  # noqa: E402
 from ldiff.guidance.dps_sum import DPSSum  # noqa: E402
 from ldiff.lit.inference import InferenceModule  # noqa: E402
 from ldiff.observe import Subsample  # noqa: E402
 from ldiff.writers import ReconstructionWriter  # noqa: E402
 
+STRATEGIES = {"ddrm": lambda: DDRM(eta=0.85, eta_b=1.0), "dps-sum": lambda: DPSSum(gamma=1e-2)}
 
-def main(output: str, items: int, devices: int) -> None:
+
+def main(output: str, items: int, devices: int, strategy: str = "ddrm") -> None:
     torch.set_num_threads(1)
     prior = gaussian_prior(field_shape=(2, 16, 16))
     fields = prior.sample(items, torch.Generator().manual_seed(0))
-    module = InferenceModule(DPSSum(gamma=1e-2), Subsample(2), std=0.1, samples=2, steps=8, seed=3)
-    module.attach_prior(prior, prior.schedule, {"mean": torch.zeros(2), "std": torch.ones(2)})
+    normalizer = {"mean": torch.tensor([0.5, -0.25]), "std": torch.tensor([2.0, 0.5])}
+    module = InferenceModule.from_prior(
+        prior, prior.schedule, normalizer,
+        strategy=STRATEGIES[strategy](), operator=Subsample(2), std=0.1, samples=2, steps=8, seed=3,
+        grid=(0.5, 0.25, True),
+    )
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
-        logger=False,
+        logger=CSVLogger(str(Path(output).parent), name="log", version=0),
         enable_progress_bar=False,
         enable_model_summary=False,
         inference_mode=True,
-        callbacks=[ReconstructionWriter(output, attrs={"strategy": "dps-sum"})],
+        callbacks=[ReconstructionWriter(output, attrs={"label": strategy})],
     )
     trainer.predict(module, DataLoader(IndexedFields(fields), batch_size=2), return_predictions=False)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:])

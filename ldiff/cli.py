@@ -53,7 +53,7 @@ from ldiff.commands import (
 )
 from ldiff.data.module import FieldDataModule
 from ldiff.lit.checkpoint import SafeCheckpointIO, read_checkpoint
-from ldiff.tracking import finish_wandb
+from ldiff.tracking import active_wandb_run, finish_wandb_run
 
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "ldiff.lit.prior.ScorePrior",
@@ -119,9 +119,11 @@ def lightning_cli(model_class: type, command: str, args: Sequence[str] | None) -
     ``predict``) for ``model_class`` on :class:`FieldDataModule`, parsing ``args``
     (``sys.argv[1:]`` when None, starting with ``command``); returns the finished CLI,
     its W&B runs finished (written out whole, so the offline run files are complete)."""
-    cli = LdiffCLI(model_class, [command], args)
-    finish_wandb(cli.trainer.loggers)
-    return cli
+    before = active_wandb_run()
+    try:
+        return LdiffCLI(model_class, [command], args)
+    finally:  # also after an error, so no later run in this process reuses a half-done one
+        finish_wandb_run(since=before)
 
 
 class LdiffCLI(LightningCLI):

@@ -174,9 +174,11 @@ def run(config_path: str, output: str | None = None, quick: bool = False, progre
             logger = pair_logger(wandb_cfg, out_dir, group, strategy_name, op_name)
             trainer = L.Trainer(**trainer_cfg, logger=logger, callbacks=[writer], enable_progress_bar=False, enable_model_summary=False, inference_mode=False)
             start = time.perf_counter()
-            trainer.predict(pair, datamodule=datamodule, return_predictions=False)
+            try:
+                trainer.predict(pair, datamodule=datamodule, return_predictions=False)
+            finally:
+                finish_wandb(trainer.loggers)
             seconds = time.perf_counter() - start
-            finish_wandb(trainer.loggers)
             metrics = pair.results()
             row = {"strategy": strategy_name, "operator": op_name, **{c: metrics.get(c, math.nan) for c in COLUMNS[2:-1]}, "seconds": round(seconds, 2)}
             rows.append(row)
@@ -188,7 +190,7 @@ def run(config_path: str, output: str | None = None, quick: bool = False, progre
     if not trainer.is_global_zero:  # a multi-device sweep: rank 0 reports
         return rows
 
-    log = RunLog(out_dir, project=wandb_cfg["project"], mode=wandb_cfg["mode"], config=cfg, name="summary", group=group, job_type="summary")
+    log = RunLog(out_dir, project=wandb_cfg["project"], mode=wandb_cfg["mode"], config=cfg, name="summary", group=group, job_type="summary", silent=True)
     log.table("summary", rows)
     log.table("diagnostics", series_rows, wandb=False)
     from ldiff.figures import diagnostics_figure, vorticity_figure
@@ -207,6 +209,7 @@ def pair_logger(wandb_cfg: dict[str, str], out_dir: Path, group: str, strategy: 
         return False
     if wandb_cfg["mode"] not in ("offline", "online"):
         raise ValueError(f"wandb.mode must be offline, online or disabled, got {wandb_cfg['mode']!r}")
+    import wandb
     from lightning.pytorch.loggers import WandbLogger
 
     (out_dir / "wandb").mkdir(parents=True, exist_ok=True)
@@ -220,4 +223,5 @@ def pair_logger(wandb_cfg: dict[str, str], out_dir: Path, group: str, strategy: 
         offline=wandb_cfg["mode"] == "offline",
         config={"label": strategy, "operator_label": operator, "compare": group},
         reinit="create_new",
+        settings=wandb.Settings(silent=True),  # one run per pair: the summary says where they are
     )

@@ -19,6 +19,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,7 @@ class RunLog:
         name: the W&B run name.
         group, job_type: the W&B group and job type (a compare run's group holds one
             run per (strategy, operator) and this summary run).
+        silent: keep W&B's own messages off the terminal.
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class RunLog:
         name: str | None = None,
         group: str | None = None,
         job_type: str | None = None,
+        silent: bool = False,
     ):
         if mode not in ("offline", "online", "disabled"):
             raise ValueError(f"wandb mode must be offline, online or disabled, got {mode!r}")
@@ -110,7 +113,7 @@ class RunLog:
 
             self.run = wandb.init(
                 project=project, mode=mode, dir=str(self.directory), config=config or {}, name=name,
-                group=group, job_type=job_type, reinit="create_new",
+                group=group, job_type=job_type, reinit="create_new", settings=wandb.Settings(silent=silent),
             )
 
     def table(self, name: str, rows: list[dict[str, Any]], wandb: bool = True) -> Path:
@@ -191,3 +194,19 @@ def finish_wandb(loggers) -> None:
     for logger in loggers:
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
             logger.experiment.finish()
+
+
+def active_wandb_run():
+    """The process's current W&B run (``wandb.run``), or None (also when wandb was never
+    imported)."""
+    wandb = sys.modules.get("wandb")
+    return None if wandb is None else wandb.run
+
+
+def finish_wandb_run(since=None) -> None:
+    """Finish the current W&B run if it started after ``since`` (an earlier
+    :func:`active_wandb_run`). Lightning's ``WandbLogger`` reuses a run still in progress,
+    so a command that left its run open would log into the next command's."""
+    run = active_wandb_run()
+    if run is not None and run is not since:
+        run.finish()

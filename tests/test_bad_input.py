@@ -180,7 +180,7 @@ def predict(files, tmp_path: Path, *extra: str) -> int:
     store, _, prior = files
     config = ROOT / "configs" / "predict" / "grf-tiny.yaml"
     output = ["--trainer.callbacks.init_args.output", str(tmp_path / "out.nc")]
-    return run("predict", "--config", str(config), "--model.checkpoint", str(prior), "--data.path", str(store), *output, "--model.steps", "2", *extra)
+    return run("predict", "--config", str(config), "--model.checkpoint", str(prior), "--data.path", str(store), *output, "--model.steps", "2", "--trainer.logger.init_args.save_dir", str(tmp_path), *extra)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -2,6 +2,8 @@
 
 import csv
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from unittest import mock
@@ -170,3 +172,34 @@ def test_the_figure_marks_exactly_the_observed_nodes():
     assert points.sum() == 4 and points[1, 1] and points[5, 5] and not points[0, 0]  # rows and columns 1, 5
     assert observed_points(BlockMean(3), (2, 9, 9)).all()
     assert observed_points(Pixels.sensors((9, 9), [(2, 7)]), (2, 9, 9)).sum() == 1
+
+
+@pytest.mark.slow
+def test_two_process_ddp_predict_through_the_console_script_equals_one_process(prior, tmp_path):
+    """The user's command: ``ldiff predict ... --trainer.devices 2 --trainer.strategy ddp``
+    (CPU, gloo) with the shipped config's W&B logger, on 7 windows: one file, no shards,
+    the same reconstructions and metrics as one process, one W&B run with the metrics."""
+    ckpt, train, _ = prior
+    config = ROOT / "configs" / "predict" / "grf-tiny.yaml"
+
+    def predict(name: str, *extra: str) -> xr.Dataset:
+        out = tmp_path / name
+        args = ["predict", "--config", str(config), "--model.checkpoint", str(ckpt), "--data.path", str(train), "--data.items", "7",
+                "--trainer.callbacks.init_args.output", str(out / "recon.nc"), "--trainer.logger.init_args.save_dir", str(out),
+                "--trainer.enable_progress_bar", "false", *extra]
+        done = subprocess.run([str(Path(sys.executable).parent / "ldiff"), *args], capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert sorted(p.name for p in out.iterdir()) == ["recon.nc", "wandb"]  # no shard left behind
+        with xr.open_dataset(out / "recon.nc", engine="h5netcdf") as ds:
+            return ds.load()
+
+    two = predict("two", "--trainer.devices", "2", "--trainer.strategy", "ddp")
+    one = predict("one")
+    assert two["item"].values.tolist() == list(range(7))
+    np.testing.assert_array_equal(two["recon"].values, one["recon"].values)
+    for key in (k for k in one.attrs if k.startswith("metric_")):
+        assert two.attrs[key] == pytest.approx(one.attrs[key], rel=1e-9, nan_ok=True), key
+    (run_two,) = read_runs(tmp_path / "two" / "wandb")
+    assert run_two.summary["predict/items"] == 7
+    assert run_two.summary["predict/rmse"] == pytest.approx(float(one.attrs["metric_rmse"]), rel=1e-9)

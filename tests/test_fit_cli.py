@@ -161,11 +161,12 @@ def test_bad_configs_are_one_line_errors(tmp_path, capsys, old, new, expected):
     assert not marker.exists()
 
 
-def test_fit_logs_loss_lr_and_sample_panels_to_one_wandb_run_across_a_resume(tmp_path, monkeypatch):
+def test_fit_logs_loss_lr_and_sample_panels_to_one_wandb_run_across_a_resume(tmp_path):
     """The shipped prior configs' loggers (WandbLogger offline + CSVLogger) and
     SamplePanel on the tiny config: loss and learning rate in the W&B history, a panel
     of sample vorticity every epoch (image in the run, PNG on disk), and a resumed fit
-    with the same WANDB_RUN_ID logs under the same run id (fit.sbatch's requeue)."""
+    with the same WANDB_RUN_ID logs under the same run id (fit.sbatch's requeue: a new
+    process with the job's id in its environment, so through the console script)."""
     from wandb_files import read_runs
 
     data = save(generate_grf(16, 8, 16, seed=0), tmp_path / "grf.nc")
@@ -178,10 +179,12 @@ def test_fit_logs_loss_lr_and_sample_panels_to_one_wandb_run_across_a_resume(tmp
     config["trainer"]["callbacks"] = [{"class_path": "ldiff.lit.panels.SamplePanel", "init_args": {"every_n_epochs": 1, "samples": 2, "steps": 4}}]
     path = tmp_path / "fit.yaml"
     path.write_text(yaml.safe_dump(config))
-    monkeypatch.setenv("WANDB_RUN_ID", "ldiff-fit-test")
-    args = ["--config", str(path), "--data.path", str(data), "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false"]
-    assert run("fit", *args, "--trainer.max_epochs", "1") == 0
-    assert run("fit", *args, "--trainer.max_epochs", "2", "--ckpt_path", str(root / "checkpoints" / "last.ckpt")) == 0
+    args = ["fit", "--config", str(path), "--data.path", str(data), "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_RUN_ID": "ldiff-fit-test"}
+    ldiff = str(Path(sys.executable).parent / "ldiff")
+    for extra in (["--trainer.max_epochs", "1"], ["--trainer.max_epochs", "2", "--ckpt_path", str(root / "checkpoints" / "last.ckpt")]):
+        done = subprocess.run([ldiff, *args, *extra], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
     runs = sorted((root / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(run.name.endswith("-ldiff-fit-test") for run in runs)
     first, second = read_runs(root / "wandb")

@@ -68,7 +68,7 @@ def compare_config(path: Path, files, **changes) -> Path:
 
 def predict_args(files, tmp_path: Path, ckpt: Path) -> list[str]:
     return ["predict", "--config", str(PREDICT_CONFIG), "--model.checkpoint", str(ckpt), "--data.path", str(files[0]),
-            "--trainer.callbacks.init_args.output", str(tmp_path / "out.nc"), "--model.steps", "2"]  # fmt: skip
+            "--trainer.callbacks.init_args.output", str(tmp_path / "out.nc"), "--model.steps", "2", "--trainer.logger", "false"]  # fmt: skip
 
 
 # --- checkpoints ----------------------------------------------------------------------

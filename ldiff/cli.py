@@ -163,7 +163,10 @@ class LdiffCLI(LightningCLI):
         ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
         if ckpt_path and Path(ckpt_path).is_file():
             # refuse a pickle before LightningCLI reads the file's hyperparameters
-            read_checkpoint(ckpt_path)
+            checkpoint = read_checkpoint(ckpt_path)
+            missing = [key for key in ("pytorch-lightning_version", "state_dict") if key not in checkpoint]
+            if missing:
+                raise UsageError(f"{ckpt_path}: not a training checkpoint written by `ldiff fit` (no '{missing[0]}' entry)")
 
     def predict(self, model, datamodule=None, return_predictions=None, ckpt_path=None, **kwargs) -> None:
         """``trainer.predict`` of the InferenceModule on the data's windows to reconstruct

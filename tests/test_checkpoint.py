@@ -82,6 +82,29 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path):
     assert marker.exists()
 
 
+class SystemPayload:
+    """Unpickling this calls ``os.system``, whose module torch 2.13 blocks by name."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_a_blocked_module_is_refused_in_ldiff_s_words_not_with_torch_s_unsafe_advice(tmp_path):
+    marker = tmp_path / "payload-ran"
+    checkpoint = prior_checkpoint()
+    checkpoint["hyper_parameters"]["note"] = SystemPayload(marker)
+    path = tmp_path / "system.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError) as error:
+        load_prior(path)
+    system = f"{os.system.__module__}.system"  # posix.system on Linux
+    assert str(error.value) == f"{path}: refused: the checkpoint holds pickled Python objects (GLOBAL {system}); ldiff loads weights only"
+    assert not marker.exists()
+
+
 def test_resume_io_refuses_the_payload_even_when_the_environment_allows_pickles(tmp_path, monkeypatch):
     path, marker = evil_checkpoint(tmp_path)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")

@@ -196,3 +196,25 @@ def test_fit_logs_loss_lr_and_sample_panels_to_one_wandb_run_across_a_resume(tmp
     assert second.summary["trainer/global_step"] >= 2 * STEPS_PER_EPOCH - 1
     panels = sorted(path.name for path in root.rglob("samples/epoch-*.png"))
     assert panels == ["epoch-000.png", "epoch-001.png"]
+
+
+def test_resuming_from_a_foreign_or_mismatched_checkpoint_is_one_line(fitted, tmp_path, capsys):
+    """``fit --ckpt_path``: a dict that is no training checkpoint, and the weights of
+    another architecture, each refused in one line naming the file and what is wrong."""
+    data, root = fitted
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"a": 1}, foreign)
+    assert run("fit", *fit_args(data, tmp_path / "a", "--ckpt_path", str(foreign))) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ldiff: error:")]
+    assert errors == [f"ldiff: error: {foreign}: not a training checkpoint written by `ldiff fit` (no 'pytorch-lightning_version' entry)"]
+    # weights that do not fit the network the checkpoint's own hyperparameters build
+    checkpoint = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+    key = next(k for k in checkpoint["state_dict"] if k.startswith("online.") and checkpoint["state_dict"][k].dim() == 4)
+    shape = tuple(checkpoint["state_dict"][key].shape)
+    checkpoint["state_dict"][key] = checkpoint["state_dict"][key][:, :1]
+    other = tmp_path / "other.ckpt"
+    torch.save(checkpoint, other)
+    assert run("fit", *fit_args(data, tmp_path / "b", "--trainer.max_epochs", "3", "--ckpt_path", str(other))) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ldiff: error:")]
+    cut = (shape[0], 1, *shape[2:])
+    assert errors == [f"ldiff: error: checkpoint {other}: parameter {key} has shape {cut}, the model expects {shape}"]

@@ -74,33 +74,46 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return checkpoint
 
 
+REFUSALS = (
+    r"Unsupported global: (.+?) was not an allowed global",  # torch <= 2.12
+    r"[Uu]nsupported (GLOBAL \S+) whose module \S+ is blocked",  # torch 2.13: os.system, subprocess, ...
+)
+"""torch's wordings for a pickled object that ``weights_only`` refused (group 1 names it)."""
+
+UNSAFE_ADVICE = ("weights_only", "Check the documentation of torch.load")
+"""Lines of torch's message that advise loading unrestricted; never shown to the user."""
+
+
 def _load_failure(error: Exception) -> str:
-    """One line on why ``torch.load(weights_only=True)`` failed."""
+    """One line on why ``torch.load(weights_only=True)`` failed; never torch's advice to
+    retry with ``weights_only=False``."""
     message = str(error)
-    found = re.search(r"Unsupported global: (.+?) was not an allowed global", message)
-    if found:
-        return f"refused: the checkpoint holds pickled Python objects ({found.group(1)}); ldiff loads weights only"
+    for pattern in REFUSALS:
+        found = re.search(pattern, message)
+        if found:
+            return f"refused: the checkpoint holds pickled Python objects ({found.group(1)}); ldiff loads weights only"
     found = re.search(r"WeightsUnpickler error:\s*(\S.*)", message)
-    lines = message.strip().splitlines()
-    reason = found.group(1) if found else f"{type(error).__name__}: {lines[0] if lines else ''}"
+    lines = [line.strip() for line in message.splitlines() if line.strip() and not any(a in line for a in UNSAFE_ADVICE)]
+    reason = found.group(1) if found else f"{type(error).__name__}: {lines[0] if lines else 'weights-only load failed'}"
     return f"not a readable checkpoint ({reason})"
 
 
-def check_state(model: nn.Module, state: dict[str, Tensor], where: str) -> None:
+def check_state(model: nn.Module, state: dict[str, Tensor], where: str, prefix: str = PRIOR_PREFIX) -> None:
     """``ValueError`` naming the first parameter that is missing, unexpected or of the
-    wrong shape in ``state`` (keys without the ``net.`` prefix) for ``model``."""
+    wrong shape in ``state`` for ``model``; names are shown with ``prefix`` (the keys of
+    ``state`` come without it: ``net.`` for a prior's averaged network)."""
     expected = model.state_dict()
     for key, tensor in expected.items():
         if key not in state:
-            raise ValueError(f"{where}: parameter {PRIOR_PREFIX}{key} is missing, the model expects it")
+            raise ValueError(f"{where}: parameter {prefix}{key} is missing, the model expects it")
         if state[key].shape != tensor.shape:
             raise ValueError(
-                f"{where}: parameter {PRIOR_PREFIX}{key} has shape {tuple(state[key].shape)}, "
+                f"{where}: parameter {prefix}{key} has shape {tuple(state[key].shape)}, "
                 f"the model expects {tuple(tensor.shape)}"
             )
     for key in state:
         if key not in expected:
-            raise ValueError(f"{where}: parameter {PRIOR_PREFIX}{key} is not in the model")
+            raise ValueError(f"{where}: parameter {prefix}{key} is not in the model")
 
 
 def load_prior(

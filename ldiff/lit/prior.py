@@ -190,6 +190,12 @@ class ScorePrior(L.LightningModule):
         checkpoint["normalizer"] = normalizer.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse, naming the parameter, weights of another architecture (before
+        Lightning's ``load_state_dict`` raises a size mismatch), then restore the
+        normaliser."""
+        from ldiff.lit.checkpoint import check_state
+
+        check_state(self, checkpoint.get("state_dict", {}), f"checkpoint {self.trainer.ckpt_path}", prefix="")
         normalizer = getattr(self.trainer.datamodule, "normalizer", None)
         if normalizer is not None and "normalizer" in checkpoint:
             normalizer.load_state_dict(checkpoint["normalizer"])

@@ -52,6 +52,7 @@ from ldiff.commands import (
     add_quality_command,
 )
 from ldiff.data.module import FieldDataModule
+from ldiff.files import check_output
 from ldiff.lit.checkpoint import SafeCheckpointIO, read_checkpoint
 from ldiff.tracking import active_wandb_run, finish_wandb_run
 
@@ -167,6 +168,8 @@ class LdiffCLI(LightningCLI):
             missing = [key for key in ("pytorch-lightning_version", "state_dict") if key not in checkpoint]
             if missing:
                 raise UsageError(f"{ckpt_path}: not a training checkpoint written by `ldiff fit` (no '{missing[0]}' entry)")
+        if self.config.subcommand == "fit":  # checkpoints go there: refuse a bad root before training
+            check_output(Path(checkpoint_dir(self.config["fit"]["trainer"].get("default_root_dir"))) / "last.ckpt")
 
     def predict(self, model, datamodule=None, return_predictions=None, ckpt_path=None, **kwargs) -> None:
         """``trainer.predict`` of the InferenceModule on the data's windows to reconstruct

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from ldiff.files import atomic_write
+
 PACKAGES = ("ldiff", "torch", "lightning", "torchmetrics", "wandb", "numpy", "xarray", "h5netcdf")
 
 
@@ -71,10 +73,7 @@ def provenance(config: dict[str, Any], files: dict[str, str | os.PathLike]) -> d
 
 def write_json(path: Path, payload: Any) -> None:
     """Write JSON atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, default=str)))
 
 
 class RunLog:

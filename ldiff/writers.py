@@ -45,6 +45,7 @@ import xarray as xr
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from ldiff.data.store import write_netcdf
+from ldiff.files import check_output
 from ldiff.metrics import REGIMES
 from ldiff.observe import positions
 
@@ -222,6 +223,7 @@ class ReconstructionWriter(BasePredictionWriter):
         """Rank 0 deletes what an interrupted run into ``output`` left behind (shards and
         temporary files); the other ranks wait for it before they predict."""
         super().setup(trainer, pl_module, stage)
+        check_output(self.output)  # a directory, a path under a file: refused before any work
         if trainer.global_rank == 0:
             prefix = glob.escape(f".{self.output.name}.")
             for pattern in (prefix + "shard-*.nc", "." + prefix + "shard-*.nc.*.tmp", prefix + "*.tmp"):

@@ -313,3 +313,44 @@ def test_compare_refuses_an_empty_sweep_by_name(key, tmp_path, capsys):
     config.write_text(yaml.safe_dump(spec))
     assert main(["compare", "--config", str(config)]) == 2
     assert f"{key}: need a non-empty mapping" in capsys.readouterr().err
+
+
+# --- output paths ------------------------------------------------------------------------
+
+
+def bad_outputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """An output path that is a directory, and one under a file, with their messages."""
+    directory = tmp_path / "a-directory.nc"
+    directory.mkdir()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    return {
+        "directory": (directory, f"{directory}: is a directory; name a file to write"),
+        "under-a-file": (blocker / "out.nc", f"{blocker / 'out.nc'}: cannot write under {blocker}, which is a file"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["directory", "under-a-file"])
+def test_output_paths_that_cannot_take_a_file_are_one_line_for_every_writer(files, tmp_path, capsys, kind):
+    """data grf, data merge, baseline, predict, compare and fit's default_root_dir."""
+    store, _, prior = files
+    path, message = bad_outputs(tmp_path)[kind]
+    assert run("data", "grf", "--output", str(path), "--trajectories", "1", "--frames", "2", "--size", "8") == 2
+    assert error_line(capsys) == message
+    assert run("data", "merge", str(store), str(store), "-o", str(path)) == 2
+    assert error_line(capsys) == message
+    assert run("baseline", "--checkpoint", str(prior), "--data", str(store), "-o", str(path)) == 2
+    assert error_line(capsys) == message
+    assert predict(files, tmp_path / "p", "--trainer.callbacks.init_args.output", str(path)) == 2
+    assert error_line(capsys) == message
+    assert not list((tmp_path / "p").glob("**/*.nc"))
+
+
+def test_a_compare_output_or_fit_root_under_a_file_is_one_line(files, tmp_path, capsys):
+    store, _, _ = files
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert compare(files, tmp_path, lambda c: c.update(output=str(blocker / "run"))) == 2
+    assert error_line(capsys) == f"{blocker / 'run' / 'provenance.json'}: cannot write under {blocker}, which is a file"
+    assert fit(store, blocker / "root", "--trainer.max_epochs", "1") == 2
+    assert error_line(capsys) == f"{blocker / 'root' / 'checkpoints' / 'last.ckpt'}: cannot write under {blocker}, which is a file"

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from ldiff.files import atomic_write
+
 DIMS = ("trajectory", "time", "y", "x")
 VELOCITY = ("u", "v")
 REQUIRED_ATTRS = ("flow", "source", "dt", "dx", "dy", "periodic")
@@ -97,15 +99,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
 def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     """Write any Dataset as NetCDF4 to a temporary name beside ``path``, then rename:
     an interrupted write never leaves a half file at ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        ds.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
 
 
 def load(path: str | os.PathLike) -> xr.Dataset:

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from ldiff.config import instantiate
 from ldiff.diffusion.precond import SkipPreconditioned
 from ldiff.diffusion.schedules import Schedule
+from ldiff.files import atomic_write
 
 PRIOR_PREFIX = "net."
 """Prefix of the averaged network's entries in ``state_dict``."""
@@ -186,14 +187,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise ValueError(f"{path}: SafeCheckpointIO takes no storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
     def load_checkpoint(
         self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None

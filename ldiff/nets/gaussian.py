@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from ldiff.diffusion.noise import randn
 from ldiff.diffusion.schedules import Schedule
+from ldiff.files import atomic_write
 from ldiff.linalg import truncated_cg
 from ldiff.observe import Operator, check_std
 
@@ -142,10 +143,7 @@ class GaussianPrior(nn.Module):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``power`` and ``mean`` (tensors only) to ``path``, atomically."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save({"power": self.power.cpu(), "mean": self.mean.cpu()}, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: torch.save({"power": self.power.cpu(), "mean": self.mean.cpu()}, tmp))
 
     @classmethod
     def load(cls, path: str | os.PathLike, schedule: Schedule) -> "GaussianPrior":

@@ -1,0 +1,54 @@
+"""Writing output files: atomically, and with a one-line error for a path that cannot
+take a file.
+
+Every file ldiff writes (stores, reconstruction files, checkpoints, Gaussian fits, JSON
+tables) goes through :func:`atomic_write`: the content is written to a hidden temporary
+name beside the target and renamed over it (``os.replace``, atomic on POSIX), so a
+reader sees the old file or the new one and an interrupted write leaves no half file.
+:func:`check_output` refuses, before any work, a target that is a directory, lies
+under a file, or sits in a directory that cannot be written, naming the path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+
+def check_output(path: str | os.PathLike) -> Path:
+    """``ValueError`` naming ``path`` unless a file can be written there (creating its
+    missing parent directories); returns it as a Path."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory; name a file to write")
+    parent = path.parent
+    for ancestor in (parent, *parent.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise ValueError(f"{path}: cannot write under {ancestor}, which is a file")
+            break
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"{path}: cannot create its directory ({error.strerror})") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{path}: the directory {parent} is not writable")
+    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` to a temporary name beside ``path``, then rename it to ``path``;
+    the temporary file is removed whatever happens. A path that cannot take a file is a
+    ``ValueError`` naming it (:func:`check_output`)."""
+    path = check_output(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        except OSError as error:
+            raise ValueError(f"{path}: cannot write ({error.strerror or error})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

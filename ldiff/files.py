@@ -17,24 +17,23 @@ from typing import Callable
 
 
 def check_output(path: str | os.PathLike) -> Path:
-    """``ValueError`` naming ``path`` unless a file can be written there (creating its
-    missing parent directories); returns it as a Path."""
+    """``ValueError`` naming ``path`` unless a file can be written there: it is no
+    directory, and its nearest existing ancestor is a writable directory (the missing
+    ones are made when the file is written). Creates nothing; returns ``path`` as a Path."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: is a directory; name a file to write")
-    parent = path.parent
-    for ancestor in (parent, *parent.parents):
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                raise ValueError(f"{path}: cannot write under {ancestor}, which is a file")
-            break
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"{path}: cannot create its directory ({error.strerror})") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{path}: the directory {parent} is not writable")
+    ancestor = next(a for a in (path.parent.absolute(), *path.parent.absolute().parents) if a.exists())
+    if not ancestor.is_dir():
+        raise ValueError(f"{path}: cannot write under {_shown(ancestor, path)}, which is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{path}: the directory {_shown(ancestor, path)} is not writable")
     return path
+
+
+def _shown(ancestor: Path, path: Path) -> Path:
+    """``ancestor`` as the user wrote it (relative if ``path`` was)."""
+    return ancestor if path.is_absolute() else Path(os.path.relpath(ancestor))
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -42,6 +41,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     the temporary file is removed whatever happens. A path that cannot take a file is a
     ``ValueError`` naming it (:func:`check_output`)."""
     path = check_output(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"{path}: cannot create its directory ({error.strerror or error})") from None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         try:

@@ -84,9 +84,8 @@ def read_config(path: str) -> dict[str, Any]:
         if not isinstance(section, dict):
             raise ValueError(f"{path}: {key}: need a mapping, got {section!r}")
         check_keys(section, allowed, f"{path}: {key}")
-    for key in ("checkpoint",):
-        if not isinstance(cfg["model"].get(key), str):
-            raise ValueError(f"{path}: model.{key}: need the path of a prior checkpoint, got {cfg['model'].get(key)!r}")
+    if not isinstance(cfg["model"].get("checkpoint"), str):
+        raise ValueError(f"{path}: model.checkpoint: need the path of a prior checkpoint, got {cfg['model'].get('checkpoint')!r}")
     if "path" not in cfg["data"]:
         raise ValueError(f"{path}: data: missing key 'path'")
     for key in ("strategies", "operators"):
@@ -176,7 +175,7 @@ def run(config_path: str, output: str | None = None, quick: bool = False, progre
             start = time.perf_counter()
             try:
                 trainer.predict(pair, datamodule=datamodule, return_predictions=False)
-            finally:
+            finally:  # the pair's own run (create_new: not wandb.run), also after an error
                 finish_wandb(trainer.loggers)
             seconds = time.perf_counter() - start
             metrics = pair.results()

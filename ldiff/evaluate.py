@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.aggregation import MaxMetric, SumMetric
+from torchmetrics.utilities import dim_zero_cat
 
 from ldiff.metrics import (
     CRPS,
@@ -136,10 +137,6 @@ class ReconstructionMetrics(nn.Module):
         out.update({name: counts[name] for name in REGIMES})
         return out
 
-    def reset(self) -> None:
-        for metric in self.children():
-            metric.reset()
-
 
 def _count(value: Tensor) -> int:
     """A max-reduced count; 0 where nothing was seen (torchmetrics' max of nothing is -inf)."""
@@ -187,9 +184,9 @@ class DiagnosticSeries(Metric):
         self.rows.append(torch.cat([sums.flatten(), finite.sum(dim=1).double().flatten()]).float())
 
     def compute(self) -> dict[str, Tensor]:
-        rows = self.rows if isinstance(self.rows, Tensor) else torch.cat(self.rows) if self.rows else torch.zeros(0)
-        if self.names is None or not rows.numel():
+        if self.names is None or (isinstance(self.rows, list) and not self.rows):
             return {}
+        rows = dim_zero_cat(self.rows)
         e, f = self.evaluations, len(self.names)
         totals = rows.double().reshape(-1, 2, e, f).sum(dim=0)
         means = totals[0] / totals[1]  # NaN where nothing was finite

@@ -157,6 +157,7 @@ class InferenceModule(L.LightningModule):
         self.series = DiagnosticSeries()
         self.example: dict[str, Tensor] | None = None  # the first item seen on rank 0, for the panel
         self._results: dict[str, float] | None = None
+        self._series: dict[str, Tensor] = {}
         if checkpoint is not None:
             from ldiff.lit.checkpoint import load_prior
             from ldiff.tracking import sha256

@@ -36,13 +36,13 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from ldiff import imports
 from ldiff.data.commands import add_data_commands
 from ldiff.commands import (
     add_balance_command,
@@ -156,11 +156,11 @@ class LdiffCLI(LightningCLI):
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str] | None) -> None:
-        refuse_foreign_imports(sys.argv[1:] if args is None else args)
+        imports.install()
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as error:
-            raise UsageError(str(error)) from None
+            raise refusal_or(error) from None
         ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
         if ckpt_path and Path(ckpt_path).is_file():
             # refuse a pickle before LightningCLI reads the file's hyperparameters
@@ -170,6 +170,15 @@ class LdiffCLI(LightningCLI):
                 raise UsageError(f"{ckpt_path}: not a training checkpoint written by `ldiff fit` (no '{missing[0]}' entry)")
         if self.config.subcommand == "fit":  # checkpoints go there: refuse a bad root before training
             check_output(Path(checkpoint_dir(self.config["fit"]["trainer"].get("default_root_dir"))) / "last.ckpt")
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI applies a checkpoint's hyperparameters to the config (through the
+        import gate, like any other value); a failure names the checkpoint file."""
+        try:
+            super()._parse_ckpt_path()
+        except ArgumentError as error:
+            ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+            raise refusal_or(error, f"{ckpt_path}: hyper_parameters") from None
 
     def predict(self, model, datamodule=None, return_predictions=None, ckpt_path=None, **kwargs) -> None:
         """``trainer.predict`` of the InferenceModule on the data's windows to reconstruct
@@ -183,53 +192,18 @@ class LdiffCLI(LightningCLI):
         return super().instantiate_trainer(plugins=[*plugins, SafeCheckpointIO()], **kwargs)
 
 
-IMPORTABLE_PREFIXES = ("ldiff.", "lightning.", "torch.")
-"""Dotted names a fit/predict config may make LightningCLI import."""
-
-_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
-
-
-def _foreign_import(value: object) -> str | None:
-    """``value`` if it is a dotted name of an importable module outside
-    :data:`IMPORTABLE_PREFIXES` (found without importing it), else None."""
-    if not isinstance(value, str) or not _DOTTED.fullmatch(value) or value.startswith(IMPORTABLE_PREFIXES):
-        return None
-    return value if importlib.util.find_spec(value.partition(".")[0]) is not None else None
-
-
-def _strings(node: object):
-    if isinstance(node, dict):
-        for value in node.values():
-            yield from _strings(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _strings(value)
-    else:
-        yield node
-
-
-def refuse_foreign_imports(args: Sequence[str]) -> None:
-    """Refuse, before LightningCLI imports anything, a class path (in a ``--config`` file
-    or on the command line) that names a module outside ``ldiff``, ``lightning`` and
-    ``torch``: jsonargparse imports a class path's module before it checks the type, so
-    a config could otherwise run any installed module's top-level code."""
-    args = list(args)
-    values: list[tuple[str, object]] = []
-    for i, arg in enumerate(args):
-        key, eq, value = arg.partition("=")
-        if not eq:
-            value = args[i + 1] if i + 1 < len(args) else None
-        if key in ("--config", "-c") and value and Path(value).is_file():
-            try:
-                loaded = yaml.safe_load(Path(value).read_text())
-            except yaml.YAMLError:
-                continue  # jsonargparse reports the syntax error with the file name
-            values += [(value, v) for v in _strings(loaded)]
-        elif key.startswith("--"):
-            values.append((key, value))
-    for where, value in values:
-        if _foreign_import(value):
-            raise UsageError(f"{where}: class path {value!r} lies outside {', '.join(IMPORTABLE_PREFIXES)}; refusing to import it")
+def refusal_or(error: ArgumentError, where: str | None = None) -> UsageError:
+    """The parse error to report: the import gate's refusal, in ldiff's words and under
+    the key jsonargparse was parsing (it folds the refusal into a long message listing
+    every type it tried), or else ``error`` itself; ``where`` (a file) goes first."""
+    message = str(error)
+    if imports.refusals:
+        keys = re.findall(r'Parser key "([^"]+)"', message)
+        try:
+            imports.check_import(imports.refusals[0], ": ".join(filter(None, [where, keys[-1] if keys else None])))
+        except imports.ImportRefused as refusal:
+            return UsageError(str(refusal))
+    return UsageError(f"{where}: {message}" if where else message)
 
 
 def _import(class_path: str) -> type:

@@ -1,8 +1,10 @@
 """YAML configs that select classes by ``class_path`` without executing code.
 
 A config file is parsed with ``yaml.safe_load`` (no Python tags, no code), and a
-``class_path`` may only name a class inside the ``ldiff`` package: a config file is
-data, so it can never make ``ldiff`` import or run someone else's module.
+``class_path`` is imported only when :mod:`ldiff.imports` allows it (``ldiff``, the
+``lightning`` and ``torch`` classes, and packages the user lists in
+``LDIFF_ALLOW_IMPORTS``): a config file is data, so it can never make ``ldiff`` import or
+run a module the user did not allow.
 
 A component is written as in LightningCLI::
 
@@ -12,7 +14,6 @@ A component is written as in LightningCLI::
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 import yaml
 
-ALLOWED_PREFIX = "ldiff."
+from ldiff.imports import resolve_class
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -42,22 +43,6 @@ def check_keys(section: dict[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(section) - allowed)
     if unknown:
         raise ValueError(f"{where}: unknown key '{unknown[0]}' (expected one of {', '.join(sorted(allowed))})")
-
-
-def resolve_class(class_path: str, where: str, base: type | None = None) -> type:
-    """Import ``class_path`` if it lies inside ``ldiff`` (and subclasses ``base``, if given)."""
-    if not isinstance(class_path, str) or not class_path.startswith(ALLOWED_PREFIX):
-        raise ValueError(f"{where}: class_path {class_path!r} lies outside the ldiff package; refusing to import it")
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError):
-        raise ValueError(f"{where}: class_path {class_path!r} does not exist") from None
-    if not inspect.isclass(cls):
-        raise ValueError(f"{where}: {class_path!r} is not a class")
-    if base is not None and not issubclass(cls, base):
-        raise ValueError(f"{where}: class_path {class_path!r} is not a {base.__name__}")
-    return cls
 
 
 def instantiate(spec: dict[str, Any], where: str, base: type | None = None, **extra: Any) -> Any:

@@ -150,7 +150,7 @@ def test_class_paths_outside_ldiff_are_never_imported(tmp_path):
     sys.modules.pop("antigravity", None)
     checkpoint = prior_checkpoint({"class_path": "antigravity.Module", "init_args": {}})
     torch.save(checkpoint, tmp_path / "outside.ckpt")
-    with pytest.raises(ValueError, match=r"hyper_parameters\.net: class_path 'antigravity\.Module' lies outside"):
+    with pytest.raises(ValueError, match=r"hyper_parameters\.net: class path 'antigravity\.Module' lies outside"):
         load_prior(tmp_path / "outside.ckpt")
     assert "antigravity" not in sys.modules
 

@@ -17,7 +17,7 @@ from unittest import mock
 import pytest
 import torch
 import yaml
-from test_checkpoint import evil_checkpoint, prior_checkpoint
+from test_checkpoint import NET, evil_checkpoint, prior_checkpoint
 
 from ldiff.cli import main
 from ldiff.data.grf import generate_grf
@@ -160,7 +160,7 @@ def test_compare_refuses_class_paths_outside_ldiff(files, tmp_path, capsys, evil
     args = yaml.safe_load(yaml.safe_dump(init_args).replace("{marker}", str(marker)))
     config = compare_config(tmp_path / "c.yaml", files, **{section: {key: {"class_path": class_path, "init_args": args}}})
     assert run("compare", "--config", str(config)) == 2
-    assert error_line(capsys) == f"{config}: {section}.{key}: class_path {class_path!r} lies outside the ldiff package; refusing to import it"
+    assert error_line(capsys) == f"{config}: {section}.{key}: class path {class_path!r} lies outside ldiff, lightning, torch; refusing to import it (to allow your own package: LDIFF_ALLOW_IMPORTS={class_path.partition('.')[0]})"
     assert not marker.exists() and not evil_module.exists() and "ldiff_test_evil" not in sys.modules
 
 
@@ -169,3 +169,134 @@ def test_predict_config_class_paths_outside_ldiff_are_never_imported(files, tmp_
     assert run(*args, "--trainer.logger", "ldiff_test_evil.Thing") == 2
     assert "ldiff_test_evil.Thing" in error_line(capsys)
     assert not evil_module.exists()
+
+
+# --- every import route of the Lightning commands goes through one gate ----------------
+
+
+@pytest.fixture
+def payload(tmp_path, monkeypatch, request) -> tuple[str, Path]:
+    """A fresh importable module (its name unique to the test) whose import creates a
+    marker file; it holds ``Thing``, an ``nn.Module`` that takes any keyword."""
+    name = "ldiff_payload_" + "".join(c if c.isalnum() else "_" for c in request.node.name)
+    marker = tmp_path / f"{name}.ran"
+    (tmp_path / f"{name}.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nimport torch\n\n"
+        "class Thing(torch.nn.Module):\n    def __init__(self, **kwargs):\n        super().__init__()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.delenv("LDIFF_ALLOW_IMPORTS", raising=False)
+    return name, marker
+
+
+def yaml_file(path: Path, content: object) -> str:
+    path.write_text(yaml.safe_dump(content))
+    return str(path)
+
+
+def fit_args(files, tmp_path: Path, *extra: str) -> list[str]:
+    return ["fit", "--config", str(FIT_CONFIG), "--data.path", str(files[0]), "--trainer.default_root_dir", str(tmp_path / "run"),
+            "--trainer.max_epochs", "1", "--trainer.logger", "false", *extra]  # fmt: skip
+
+
+def hparams_checkpoint(tmp_path: Path, class_path: str) -> str:
+    checkpoint = prior_checkpoint({**NET, "class_path": class_path})
+    checkpoint["pytorch-lightning_version"] = "2.6.6"
+    torch.save(checkpoint, tmp_path / "hparams.ckpt")
+    return str(tmp_path / "hparams.ckpt")
+
+
+ROUTES = {
+    # route: (command builder (files, tmp_path, payload class path) -> argv, the key named)
+    "inline JSON value": (lambda f, t, c: predict_args(f, t, f[1]) + [f'--model.strategy={{"class_path": "{c}"}}'], "model.strategy"),
+    "inline JSON list of callbacks": (lambda f, t, c: predict_args(f, t, f[1]) + [f'--trainer.callbacks=[{{"class_path": "{c}"}}]'], "trainer.callbacks"),
+    "inline JSON --config": (lambda f, t, c: predict_args(f, t, f[1]) + [f'--config={{"model": {{"strategy": {{"class_path": "{c}"}}}}}}'], "model.strategy"),
+    "inline JSON group": (lambda f, t, c: predict_args(f, t, f[1]) + [f'--trainer={{"logger": {{"class_path": "{c}"}}}}'], "trainer.logger"),
+    "value naming a YAML file": (lambda f, t, c: predict_args(f, t, f[1]) + ["--model.strategy", yaml_file(t / "s.yaml", {"class_path": c})], "model.strategy"),
+    "config naming a YAML file": (lambda f, t, c: predict_args(f, t, f[1]) + ["--config", yaml_file(t / "c.yaml", {"model": {"strategy": yaml_file(t / "s.yaml", {"class_path": c})}})], "model.strategy"),
+    "--config file": (lambda f, t, c: fit_args(f, t, "--config", yaml_file(t / "c.yaml", {"model": {"net": {"class_path": c}}})), "model.net"),
+    "dotted class_path": (lambda f, t, c: fit_args(f, t, "--model.net.class_path", c), "model.net"),
+    "short class path": (lambda f, t, c: fit_args(f, t, "--model.net", c), "model.net"),
+    "logger": (lambda f, t, c: predict_args(f, t, f[1]) + ["--trainer.logger", c], "trainer.logger"),
+    "plugins": (lambda f, t, c: fit_args(f, t, "--trainer.plugins", c), "trainer.plugins"),
+    "fit checkpoint hparams": (lambda f, t, c: fit_args(f, t, "--ckpt_path", hparams_checkpoint(t, c)), "{ckpt}: hyper_parameters: model.net"),
+    "validate checkpoint hparams": (lambda f, t, c: ["validate", *fit_args(f, t, "--ckpt_path", hparams_checkpoint(t, c))[1:]], "{ckpt}: hyper_parameters: model.net"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_no_import_route_of_the_lightning_commands_imports_the_payload(files, tmp_path, capsys, payload, route):
+    name, marker = payload
+    build, where = ROUTES[route]
+    assert run(*build(files, tmp_path, f"{name}.Thing")) == 2
+    where = where.format(ckpt=tmp_path / "hparams.ckpt")
+    assert error_line(capsys) == (
+        f"{where}: class path '{name}.Thing' lies outside ldiff, lightning, torch; refusing to import it "
+        f"(to allow your own package: LDIFF_ALLOW_IMPORTS={name})"
+    )
+    assert not marker.exists() and name not in sys.modules
+
+
+@pytest.mark.parametrize("name", ["test.nc", "code.nc", "os.nc", "eval.h5"])
+def test_a_file_name_is_a_file_name_not_a_class_path(files, tmp_path, capsys, name):
+    assert run(*fit_args(files, tmp_path, "--data.path", str(Path(name)))) == 2
+    assert error_line(capsys) == f"{name}: no such file"
+
+
+# --- the opt-in lets a user's own net and strategy run -----------------------------------
+
+OWN_PACKAGE = '''
+import torch
+from ldiff.guidance.dps_sum import DPSSum
+from ldiff.nets.unet import UNet
+
+class WideUNet(UNet):
+    """A user's own network: ldiff's UNet with its own default widths."""
+
+class HalfDPS(DPSSum):
+    """A user's own strategy: DPS-sum that records the times it guided at."""
+
+    def guided_eps(self, denoiser, x_t, t, obs, diagnostics):
+        calls.append(x_t.shape)
+        return super().guided_eps(denoiser, x_t, t, obs, diagnostics)
+
+calls = []
+'''
+
+
+@pytest.fixture
+def own_package(tmp_path, monkeypatch) -> str:
+    """``labnets``, a user's package on ``PYTHONPATH`` with a net and a strategy."""
+    (tmp_path / "labnets.py").write_text(OWN_PACKAGE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "labnets", raising=False)
+    monkeypatch.delenv("LDIFF_ALLOW_IMPORTS", raising=False)
+    return "labnets"
+
+
+def test_a_users_own_net_trains_and_predicts_once_allowed(files, tmp_path, capsys, monkeypatch, own_package):
+    args = fit_args(files, tmp_path, "--model.net.class_path", "labnets.WideUNet", "--trainer.max_steps", "2")
+    assert run(*args) == 2
+    assert "LDIFF_ALLOW_IMPORTS=labnets" in error_line(capsys)
+    monkeypatch.setenv("LDIFF_ALLOW_IMPORTS", "labnets")
+    assert run(*args) == 0
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["net"]["class_path"] == "labnets.WideUNet"
+    assert run(*predict_args(files, tmp_path, ckpt), "--model.strategy", "labnets.HalfDPS") == 0
+    assert sys.modules["labnets"].calls and (tmp_path / "out.nc").is_file()  # the user's strategy ran
+
+
+def test_a_users_own_strategy_runs_in_compare_once_allowed(files, tmp_path, capsys, monkeypatch, own_package):
+    config = compare_config(tmp_path / "c.yaml", files, strategies={"half": {"class_path": "labnets.HalfDPS"}})
+    assert run("compare", "--config", str(config)) == 2
+    assert error_line(capsys).endswith("(to allow your own package: LDIFF_ALLOW_IMPORTS=labnets)")
+    monkeypatch.setenv("LDIFF_ALLOW_IMPORTS", "other, labnets")
+    assert run("compare", "--config", str(config)) == 0
+    assert sys.modules["labnets"].calls and (tmp_path / "run" / "tables" / "summary.csv").is_file()
+
+
+def test_a_malformed_opt_in_is_one_line(files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LDIFF_ALLOW_IMPORTS", "good,not a module")
+    assert run(*fit_args(files, tmp_path)) == 2
+    assert error_line(capsys) == "LDIFF_ALLOW_IMPORTS: 'not a module' is not a dotted module name"

@@ -17,8 +17,8 @@ here goes through ``torch.load(..., weights_only=True)``, whose restricted unpic
 accepts tensors, primitive containers and a few torch types and refuses any other
 global before calling it; a refused file is reported as one ``ValueError`` naming it.
 The network is then rebuilt from the ``class_path`` recorded in the hyperparameters,
-imported only when it lies inside ``ldiff`` (:func:`ldiff.config.resolve_class`), so a file never chooses
-which code is imported.
+imported only when the import gate allows it (:func:`ldiff.imports.resolve_class`), so a
+file never chooses which code is imported.
 
 Resume (``ldiff fit --ckpt_path``) is safe too. Lightning 2.6 reads the file twice:
 ``LightningCLI`` for the hyperparameters with ``weights_only=True``, and the trainer

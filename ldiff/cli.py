@@ -154,6 +154,9 @@ class LdiffCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
+        # a resumed run overwrites the files it re-saves, so last.ckpt stays the newest
+        # (a fresh run into a used root is refused: see refuse_used_root)
+        pass
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str] | None) -> None:
         imports.install()
@@ -169,7 +172,9 @@ class LdiffCLI(LightningCLI):
             if missing:
                 raise UsageError(f"{ckpt_path}: not a training checkpoint written by `ldiff fit` (no '{missing[0]}' entry)")
         if self.config.subcommand == "fit":  # checkpoints go there: refuse a bad root before training
-            check_output(Path(checkpoint_dir(self.config["fit"]["trainer"].get("default_root_dir"))) / "last.ckpt")
+            directory = Path(checkpoint_dir(self.config["fit"]["trainer"].get("default_root_dir")))
+            check_output(directory / "last.ckpt")
+            refuse_used_root(directory, ckpt_path)
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI applies a checkpoint's hyperparameters to the config (through the
@@ -190,6 +195,23 @@ class LdiffCLI(LightningCLI):
         plugins = self.config_init[self.subcommand].trainer.plugins
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [] if plugins is None else [plugins]
         return super().instantiate_trainer(plugins=[*plugins, SafeCheckpointIO()], **kwargs)
+
+
+def refuse_used_root(directory: Path, ckpt_path: str | None) -> None:
+    """A fit that does not resume from ``directory`` must not write into it when it holds
+    an earlier run's checkpoints: its files would be versioned (``last-v1.ckpt``) beside
+    the old ``last.ckpt``, which the README's resume and predict commands would then
+    still read."""
+    held = sorted(path.name for path in directory.glob("*.ckpt")) if directory.is_dir() else []
+    if not held:
+        return
+    resumes_here = ckpt_path in ("last", "hpc") or (ckpt_path and Path(ckpt_path).resolve().parent == directory.resolve())
+    if not resumes_here:
+        name = "last.ckpt" if "last.ckpt" in held else held[0]
+        raise UsageError(
+            f"{directory}: holds the checkpoints of an earlier run ({name}); resume it with "
+            f"--ckpt_path {directory / name}, or give another --trainer.default_root_dir"
+        )
 
 
 def refusal_or(error: ArgumentError, where: str | None = None) -> UsageError:

@@ -68,6 +68,22 @@ sys.exit(main(sys.argv[3:]))
 half-way through its N-th write of that kind."""
 
 
+KILL_AT_STEP = """
+import os, signal, sys
+from ldiff.cli import main
+from ldiff.lit.prior import ScorePrior
+step, original = int(sys.argv[1]), ScorePrior.training_step
+def training_step(self, batch, batch_idx):
+    if self.global_step == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, batch, batch_idx)
+ScorePrior.training_step = training_step
+sys.exit(main(sys.argv[2:]))
+"""
+"""``python -c KILL_AT_STEP N ldiff-fit-args...``: ``ldiff fit`` that dies as it starts
+optimiser step N."""
+
+
 def ldiff(*args: str, kill_on: tuple[str, int] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
     """Run ``python -m ldiff.cli ARGS`` (or the killing wrapper) to completion."""
     command = [sys.executable, "-c", KILL_ON_WRITE, *map(str, kill_on)] if kill_on else [sys.executable, "-m", "ldiff.cli"]
@@ -125,7 +141,8 @@ def test_fit_killed_mid_epoch_resumes_at_the_checkpoint_step_with_a_continuous_c
     step, epoch = saved["last.ckpt"]["global_step"], saved["last.ckpt"]["epoch"]
     assert step == 12 * (epoch + 1) and step == max(c["global_step"] for c in saved.values())
     assert saved[f"epoch={epoch}-step={step}.ckpt"]["global_step"] == step
-    assert not [p for p in last.parent.iterdir() if p.name.endswith(".ckpt") and p.name.startswith(".")]
+    # killed mid-epoch, between checkpoint writes: no temporary (".last.ckpt.<pid>.tmp") is left
+    assert not [p.name for p in last.parent.iterdir() if p.name.startswith(".")]
     killed = logged_steps(tmp_path / "run", 0)
     assert [s for _, s, _ in killed] == list(range(len(killed)))  # one row per step, in order
     assert killed[-1][1] > step and (killed[-1][1] + 1) % 12  # died after the checkpoint, mid-epoch
@@ -140,6 +157,39 @@ def test_fit_killed_mid_epoch_resumes_at_the_checkpoint_step_with_a_continuous_c
     final = torch.load(last, weights_only=True)
     assert final["global_step"] == final["lr_schedulers"][0]["last_epoch"] == step + 24
     assert {int(state["step"]) for state in final["optimizer_states"][0]["state"].values()} == {step + 24}
+
+
+EXACT = ["--data.batch_size", "1", "--data.shift", "[0, 4]", "--trainer.max_epochs", "3", "--trainer.limit_val_batches", "1",
+         "--trainer.logger", "false", "--checkpoint.every_n_epochs", "0", "--checkpoint.every_n_train_steps", "4"]  # fmt: skip
+"""Batches of 1 (12 steps an epoch, 36 in all), random windows and shifts, a checkpoint
+every 4 steps: two in three fall mid-epoch."""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(store, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("uninterrupted")
+    done = ldiff(*fit_args(store, root, *EXACT))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+@pytest.mark.parametrize("kill_at", [7, 22, 30])
+def test_fit_killed_anywhere_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(store, tmp_path, uninterrupted, kill_at):
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_STEP, str(kill_at), *fit_args(store, tmp_path, *EXACT)],
+                            env=ENV, capture_output=True, text=True, timeout=240, check=False)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    at = torch.load(last, weights_only=True)["global_step"]
+    assert at == kill_at // 4 * 4 and at % 12  # the resume starts from a mid-epoch checkpoint
+    done = ldiff(*fit_args(store, tmp_path, *EXACT, "--ckpt_path", "last"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["global_step"] == uninterrupted["global_step"] == 36
+    different = [key for key, value in uninterrupted["state_dict"].items() if not torch.equal(value, resumed["state_dict"][key])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[0]}"
+    moments = [(a["exp_avg"], b["exp_avg"]) for a, b in zip(uninterrupted["optimizer_states"][0]["state"].values(),
+                                                            resumed["optimizer_states"][0]["state"].values())]  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in moments)
 
 
 def test_fit_killed_while_writing_last_ckpt_keeps_the_previous_one(store, tmp_path):

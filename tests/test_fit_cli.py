@@ -9,6 +9,7 @@ one random window per training trajectory per epoch gives ceil(12 / 4) = 3 steps
 import csv
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,25 @@ def test_resume_continues_at_the_saved_step(fitted, tmp_path):
     rows = [row for row in metrics(tmp_path) if row["train/loss"]]
     assert [(int(row["epoch"]), int(row["step"])) for row in rows] == [(2, 6), (2, 7), (2, 8)]
     assert all(math.isfinite(float(row["train/loss"])) for row in rows)
+
+
+def test_a_fresh_fit_into_a_used_root_is_refused_and_resuming_there_keeps_last_ckpt_the_newest(fitted, tmp_path, capsys):
+    data, root = fitted
+    ckpts = tmp_path / "checkpoints"
+    shutil.copytree(root / "checkpoints", ckpts)
+    before = {path.name: path.read_bytes() for path in ckpts.iterdir()}
+    assert run("fit", *fit_args(data, tmp_path, "--trainer.max_epochs", "3")) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"ldiff: error: {ckpts}: holds the checkpoints of an earlier run (last.ckpt); "
+        f"resume it with --ckpt_path {ckpts / 'last.ckpt'}, or give another --trainer.default_root_dir"
+    )
+    assert {path.name: path.read_bytes() for path in ckpts.iterdir()} == before  # nothing touched
+    # resuming from an older checkpoint of the same root re-saves its later files in place
+    assert run("fit", *fit_args(data, tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", str(ckpts / "epoch=0-step=3.ckpt"))) == 0
+    assert sorted(os.listdir(ckpts)) == ["epoch=0-step=3.ckpt", "epoch=1-step=6.ckpt", "last.ckpt"]
+    assert run("fit", *fit_args(data, tmp_path, "--trainer.max_epochs", "3", "--ckpt_path", "last")) == 0
+    assert sorted(os.listdir(ckpts)) == ["epoch=0-step=3.ckpt", "epoch=1-step=6.ckpt", "epoch=2-step=9.ckpt", "last.ckpt"]
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 3 * STEPS_PER_EPOCH
 
 
 def test_validate_reproduces_the_logged_validation_loss(fitted, tmp_path):

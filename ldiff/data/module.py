@@ -38,7 +38,9 @@ from torch.utils.data import DataLoader, Dataset
 from ldiff.data.conditions import build_conditions
 from ldiff.data.items import IndexedFields
 from ldiff.data.normalizer import Normalizer
+from ldiff.data.order import EpochOrder
 from ldiff.data.store import load
+from ldiff.diffusion.noise import keyed_generator
 
 SPLITS = ("train", "val", "test")
 
@@ -76,13 +78,19 @@ class WindowDataset(Dataset):
         fields: (N, T, 2, H, W) float32 in physical units.
         trajectories: store indices of the N trajectories, shape (N,).
         normalizer: applied to every item when it is read.
-        random_window: one item per trajectory with a random start (torch's generator);
-            otherwise every start ``0, stride, 2 stride, ...`` of every trajectory.
+        random_window: one item per trajectory with a random start; otherwise every
+            start ``0, stride, 2 stride, ...`` of every trajectory.
         shift: ``(sy, sx)``: roll each item (and its condition channels) circularly by a
             random multiple of ``sy`` rows and ``sx`` columns, a data augmentation for
             fields whose statistics are invariant under those shifts (Kolmogorov flow:
             any shift in x, shifts in y by a forcing period, ``(H / k_f, 1)``);
             ``(0, 0)`` leaves items as stored.
+        seed: seed of the random starts and shifts.
+
+    An item is read by ``index`` or by a key ``(epoch, index)`` (what
+    :class:`~ldiff.data.order.EpochOrder` yields); its random start and shift are drawn
+    from a generator of ``(seed, epoch, index)``, epoch 0 for a plain index, so an item
+    is a function of its key (the same in any worker, and after a resume).
     """
 
     def __init__(
@@ -95,8 +103,9 @@ class WindowDataset(Dataset):
         random_window: bool = False,
         stride: int = 1,
         shift: tuple[int, int] = (0, 0),
+        seed: int = 0,
     ) -> None:
-        self.fields, self.trajectories, self.window = fields, trajectories, window
+        self.fields, self.trajectories, self.window, self.seed = fields, trajectories, window, seed
         self.normalizer, self.cond, self.random_window = normalizer, cond, random_window
         self.starts = range(0, fields.shape[1] - window + 1, stride)
         self.shift = tuple(shift)
@@ -104,9 +113,11 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self.fields) * (1 if self.random_window else len(self.starts))
 
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Tensor]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        generator = keyed_generator(self.seed, epoch, index) if self.random_window or any(self.shift) else None
         if self.random_window:
-            n, start = index, int(torch.randint(len(self.starts), ()))
+            n, start = index, int(torch.randint(len(self.starts), (), generator=generator))
         else:
             n, k = divmod(index, len(self.starts))
             start = self.starts[k]
@@ -119,7 +130,7 @@ class WindowDataset(Dataset):
         if self.cond is not None:
             item["cond"] = self.cond
         if any(self.shift):
-            rolls = [int(torch.randint(size // step, ())) * step if step else 0 for size, step in zip(frames.shape[-2:], self.shift)]
+            rolls = [int(torch.randint(size // step, (), generator=generator)) * step if step else 0 for size, step in zip(frames.shape[-2:], self.shift)]
             for key in ("x", "cond"):
                 if key in item:
                     item[key] = torch.roll(item[key], shifts=rolls, dims=(-2, -1))
@@ -142,7 +153,8 @@ class FieldDataModule(L.LightningDataModule):
             (else every window); validation and test always use every window.
         num_workers: DataLoader worker processes.
         condition: names of condition channels.
-        seed: seed of the trajectory split.
+        seed: seed of the trajectory split and of the training order and draws
+            (:mod:`ldiff.data.order`).
         shift: training-only random circular shifts by multiples of ``(rows, columns)``
             (see :class:`WindowDataset`); ``(0, 0)`` for none.
         items: reconstruct only this many test windows, evenly spaced over them (all
@@ -177,6 +189,7 @@ class FieldDataModule(L.LightningDataModule):
         self.items = items
         self.normalizer = Normalizer()
         self.splits: dict[str, np.ndarray] | None = None
+        self._resume: dict[str, int] | None = None
 
     @property
     def channels(self) -> int:
@@ -217,16 +230,25 @@ class FieldDataModule(L.LightningDataModule):
         random_window = name == "train" and self.random_window
         shift = self.shift if name == "train" else (0, 0)
         args = (self.fields[name], self.splits[name], self.window, self.normalizer, self.cond)
-        return WindowDataset(*args, random_window=random_window, stride=stride, shift=shift)
+        return WindowDataset(*args, random_window=random_window, stride=stride, shift=shift, seed=self.seed)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("train"), shuffle=True)
+        """Training batches in :class:`~ldiff.data.order.EpochOrder` (this rank's share
+        of epoch ``e``'s permutation of ``seed + e``), resumed where a loaded checkpoint's
+        run stopped (:meth:`load_state_dict`)."""
+        dataset = self.dataset("train")
+        trainer = self.trainer
+        rank, replicas = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        order = EpochOrder(dataset, seed=self.seed, rank=rank, replicas=replicas)
+        if self._resume is not None:
+            order.resume_at(self._resume["epoch"], self._resume["batches"] * self.batch_size)
+        return self._loader(dataset, sampler=order)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val"), shuffle=False)
+        return self._loader(self.dataset("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"), shuffle=False)
+        return self._loader(self.dataset("test"))
 
     def predict_dataloader(self) -> DataLoader:
         """The windows to reconstruct (:meth:`predict_windows`) as items with a stable
@@ -262,13 +284,28 @@ class FieldDataModule(L.LightningDataModule):
         windows["time"] = torch.as_tensor(self.time[windows["start"].numpy()])
         return windows
 
-    def _loader(self, dataset: WindowDataset, shuffle: bool) -> DataLoader:
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands, for the checkpoint: ``epoch`` and the ``batches`` of it
+        trained so far (empty outside ``fit``)."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        return {"epoch": trainer.current_epoch, "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume the training order after ``state['batches']`` of epoch ``state['epoch']``."""
+        self._resume = dict(state) if state else None
+
+    def _loader(self, dataset: WindowDataset, sampler: EpochOrder | None = None) -> DataLoader:
+        # the loader's own generator draws its base seed, so iterating draws nothing from
+        # the global random state (a resumed run restores that state: see ScorePrior)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
 

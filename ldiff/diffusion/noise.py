@@ -39,3 +39,14 @@ def randn(shape: Sequence[int], generator: torch.Generator | ItemNoise | None = 
     if isinstance(generator, ItemNoise):
         return generator.randn(shape, device=device, dtype=dtype)
     return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+
+def keyed_generator(*keys: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator whose stream is a function of the integer ``keys`` alone (mixed by
+    ``numpy.random.SeedSequence``, so nearby keys give unrelated streams): for draws that
+    must come out the same after a resume, whatever ran before, such as the training
+    loss's ``t`` and ``eps`` of (seed, epoch, batch, rank)."""
+    import numpy as np
+
+    seed = int(np.random.SeedSequence([int(k) % 2**63 for k in keys]).generate_state(2, np.uint64)[0]) % 2**63
+    return torch.Generator(device=device).manual_seed(seed)

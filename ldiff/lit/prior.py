@@ -22,6 +22,15 @@ epsilon network and a VP schedule (chosen in YAML by ``class_path``):
   unweighted, comparable across weightings) draws :math:`t` and :math:`\varepsilon` from a generator seeded by
   the batch index, so ``val/loss`` compares across epochs: it changes only with the
   weights.
+- **Exact resume.** The loss's :math:`t` and :math:`\varepsilon` come from a generator of
+  (run seed, epoch, batch index, rank) (:func:`ldiff.diffusion.noise.keyed_generator`),
+  and the data's order and draws from :mod:`ldiff.data.order`, so a run resumed from a
+  checkpoint, even one written mid-epoch, trains on exactly the draws of the run it
+  continues: its final weights equal those of an uninterrupted run, bit for bit on a
+  CPU. The run seed is ``torch.initial_seed()`` at the start of the run (the trainer's
+  ``seed_everything``), kept in ``checkpoint["rng"]`` with the global random states
+  (torch, CUDA, numpy, Python) for any other code that draws from them, such as a
+  user's network with dropout; they are restored before the first resumed batch.
 - **Checkpoint.** Besides Lightning's state, the checkpoint stores the data normaliser's
   state (``checkpoint["normalizer"]``) and, as hyperparameters, the network's and the
   schedule's ``class_path`` configs, plain data that :func:`ldiff.lit.checkpoint.load_prior`
@@ -43,14 +52,17 @@ References:
 from __future__ import annotations
 
 import math
+import random
 from typing import Any, Literal, get_args
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from ldiff.diffusion.denoise import LOSS_WEIGHTINGS, LossWeighting, epsilon_errors, epsilon_loss, loss_weight
+from ldiff.diffusion.noise import keyed_generator
 from ldiff.diffusion.precond import SkipPreconditioned
 from ldiff.diffusion.schedules import CosineSchedule, Schedule
 from ldiff.lit.ema import averaged_copy, check_decay, update_average
@@ -119,6 +131,8 @@ class ScorePrior(L.LightningModule):
         self.lr, self.weight_decay, self.lr_schedule = lr, weight_decay, lr_schedule
         self.ema_decay = check_decay(ema_decay)
         self.loss_weighting = loss_weighting
+        self.run_seed: int | None = None
+        self._resumed_rng: dict[str, Any] | None = None
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """The averaged network's epsilon: (B, C, H, W), (B,) -> (B, C, H, W)."""
@@ -133,9 +147,19 @@ class ScorePrior(L.LightningModule):
         for logger in self.loggers:
             logger.log_hyperparams({"parameters": count})
 
+    def on_train_start(self) -> None:
+        if self.run_seed is None:
+            self.run_seed = torch.initial_seed()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._resumed_rng is not None:  # the first batch after a resume
+            set_rng_states(self._resumed_rng)
+            self._resumed_rng = None
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         x = batch["x"]
-        loss = epsilon_loss(self.online, x, self.schedule, batch.get("cond"), weighting=self.loss_weighting)
+        generator = keyed_generator(self.run_seed, self.current_epoch, batch_idx, self.global_rank, device=x.device)
+        loss = epsilon_loss(self.online, x, self.schedule, batch.get("cond"), generator, weighting=self.loss_weighting)
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=x.shape[0])
         return loss
@@ -188,6 +212,7 @@ class ScorePrior(L.LightningModule):
         if normalizer is None:
             raise ValueError("ScorePrior: the data module has no normalizer to store in the checkpoint")
         checkpoint["normalizer"] = normalizer.state_dict()
+        checkpoint["rng"] = {"seed": self.run_seed, **rng_states()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse, naming the parameter, weights of another architecture (before
@@ -199,6 +224,30 @@ class ScorePrior(L.LightningModule):
         normalizer = getattr(self.trainer.datamodule, "normalizer", None)
         if normalizer is not None and "normalizer" in checkpoint:
             normalizer.load_state_dict(checkpoint["normalizer"])
+        if "rng" in checkpoint:
+            self.run_seed, self._resumed_rng = checkpoint["rng"]["seed"], checkpoint["rng"]
+
+
+def rng_states() -> dict[str, Any]:
+    """The global random states, as data ``torch.load(weights_only=True)`` reads back:
+    torch's (CPU, and each CUDA device's), numpy's legacy generator and Python's."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned (CUDA states only onto as many devices)."""
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"][: torch.cuda.device_count()])
+    kind, key, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(states["python"])
 
 
 def check_channels(net: nn.Module, datamodule: Any) -> None:

@@ -1,6 +1,7 @@
 """InferenceModule and ReconstructionWriter through trainer.predict (1 and 2 processes)."""
 
 import csv
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +22,10 @@ from ldiff.observe import Frames, Subsample
 SCRIPT = Path(__file__).parent / "scripts" / "predict_gaussian.py"
 
 
-def run_script(tmp_path, items, devices, strategy="ddrm"):
+def run_script(tmp_path, items, devices, strategy="ddrm", batch=2, corrections=0):
     output = tmp_path / "recon.nc"
-    result = subprocess.run([sys.executable, str(SCRIPT), str(output), str(items), str(devices), strategy], capture_output=True, text=True, timeout=300)
+    args = [str(output), str(items), str(devices), strategy, str(batch), str(corrections)]
+    result = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"ldiff: wrote {output} ({items} items x 2 samples)" in result.stdout  # the closing line
     with xr.open_dataset(output, engine="h5netcdf") as ds:
@@ -89,6 +91,30 @@ def test_two_process_ddp_predict_equals_one_process_bitwise_with_the_same_metric
     for key, value in logged.items():
         assert value == pytest.approx(logged_single[key], rel=1e-9, nan_ok=True), key
         assert value == pytest.approx(float(metrics[f"metric_{key}"]), rel=1e-9, nan_ok=True), key
+
+
+BITWISE_CASES = {"dps-sum with one correction": ("dps-sum", 1), "ddrm": ("ddrm", 0)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", BITWISE_CASES)
+def test_reconstructions_are_bitwise_equal_whatever_the_batching_and_the_devices(tmp_path, case):
+    """Each item's K samples depend only on (seed, item, sample): 7 items in batches of
+    1, 4 and 7 on one process, and in batches of 3 on 2 processes (ranks of 4 and 3
+    items), give the same bits: initial noise, observation noise, Langevin noise (one
+    correction per step) and DDRM's transition noise."""
+    strategy, corrections = BITWISE_CASES[case]
+    script = runpy.run_path(str(SCRIPT))  # one process: in this one
+    runs = {}
+    for batch in (1, 4, 7):
+        script["main"](str(tmp_path / f"b{batch}.nc"), 7, 1, strategy, batch, corrections)
+        runs[f"batch {batch}"] = xr.load_dataset(tmp_path / f"b{batch}.nc", engine="h5netcdf")
+    runs["2 devices, batch 3"] = run_script(tmp_path / "ddp", 7, 2, strategy, 3, corrections)
+    reference = runs.pop("batch 1")
+    assert np.isfinite(reference["recon"].values).all()
+    for name, ds in runs.items():
+        for variable in ("recon", "observation"):
+            np.testing.assert_array_equal(ds[variable].values, reference[variable].values, err_msg=f"{name}: {variable}")
 
 
 def test_observation_noise_depends_only_on_seed_and_item():

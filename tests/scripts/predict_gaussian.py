@@ -1,8 +1,8 @@
 """Run trainer.predict of the InferenceModule with the oracle Gaussian prior.
 
-Usage: python predict_gaussian.py OUTPUT.nc ITEMS DEVICES [STRATEGY]
+Usage: python predict_gaussian.py OUTPUT.nc ITEMS DEVICES [STRATEGY [BATCH [CORRECTIONS]]]
 STRATEGY: ``ddrm`` (stochastic: draws sampler noise at every step, the default) or
-``dps-sum``. Used by tests/test_inference.py, in a subprocess for the 2-process DDP case.
+``dps-sum``; BATCH items per batch (2); CORRECTIONS Langevin corrections per step (0). Used by tests/test_inference.py, in a subprocess for the 2-process DDP case.
 The module's metrics (computed on every rank) and its settings are logged to a
 CSVLogger in OUTPUT's directory, ``log/``.
 """
@@ -29,14 +29,14 @@ from ldiff.writers import ReconstructionWriter  # noqa: E402
 STRATEGIES = {"ddrm": lambda: DDRM(eta=0.85, eta_b=1.0), "dps-sum": lambda: DPSSum(gamma=1e-2)}
 
 
-def main(output: str, items: int, devices: int, strategy: str = "ddrm") -> None:
+def main(output: str, items: int, devices: int, strategy: str = "ddrm", batch: int = 2, corrections: int = 0) -> None:
     torch.set_num_threads(1)
     prior = gaussian_prior(field_shape=(2, 16, 16))
     fields = prior.sample(items, torch.Generator().manual_seed(0))
     normalizer = {"mean": torch.tensor([0.5, -0.25]), "std": torch.tensor([2.0, 0.5])}
     module = InferenceModule.from_prior(
         prior, prior.schedule, normalizer,
-        strategy=STRATEGIES[strategy](), operator=Subsample(2), std=0.1, samples=2, steps=8, seed=3,
+        strategy=STRATEGIES[strategy](), operator=Subsample(2), std=0.1, samples=2, steps=8, corrections=corrections, seed=3,
         grid=(0.5, 0.25, True),
     )
     trainer = L.Trainer(
@@ -49,8 +49,8 @@ def main(output: str, items: int, devices: int, strategy: str = "ddrm") -> None:
         inference_mode=True,
         callbacks=[ReconstructionWriter(output, attrs={"label": strategy})],
     )
-    trainer.predict(module, DataLoader(IndexedFields(fields), batch_size=2), return_predictions=False)
+    trainer.predict(module, DataLoader(IndexedFields(fields), batch_size=batch), return_predictions=False)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:])
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:5], *map(int, sys.argv[5:]))

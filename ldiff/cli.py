@@ -36,6 +36,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
@@ -97,6 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             namespace.func(namespace)
     except (ValueError, FileNotFoundError, MisconfigurationException) as error:
         print(f"ldiff: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a file system that refuses a write the checks let through (read-only, full)
+        if error.filename is None:
+            raise
+        print(f"ldiff: error: {error.filename}: {error.strerror or one_line(error)}", file=sys.stderr)
         return 2
     return 0
 
@@ -160,6 +166,7 @@ class LdiffCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str] | None) -> None:
         imports.install()
+        refuse_empty_configs(sys.argv[1:] if args is None else args)
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as error:
@@ -194,7 +201,27 @@ class LdiffCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> Trainer:
         plugins = self.config_init[self.subcommand].trainer.plugins
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [] if plugins is None else [plugins]
-        return super().instantiate_trainer(plugins=[*plugins, SafeCheckpointIO()], **kwargs)
+        try:
+            return super().instantiate_trainer(plugins=[*plugins, SafeCheckpointIO()], **kwargs)
+        except (TypeError, ValueError) as error:  # settings Lightning rejects: devices abc, ...
+            raise UsageError(f"trainer: {one_line(error)}") from None
+
+
+def refuse_empty_configs(args: Sequence[str]) -> None:
+    """A ``--config`` file must hold a mapping (jsonargparse's own message for an empty
+    one, "Unexpected config:", names neither the file nor what it expected)."""
+    args = list(args)
+    for i, arg in enumerate(args):
+        key, eq, value = arg.partition("=")
+        value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+        if key in ("--config", "-c") and Path(value).is_file():
+            try:
+                loaded = yaml.safe_load(Path(value).read_text())
+            except yaml.YAMLError:
+                continue  # jsonargparse reports the syntax error with the file name
+            if not isinstance(loaded, dict):
+                got = "it is empty" if loaded is None else f"got a {type(loaded).__name__}"
+                raise UsageError(f"{value}: a config must be a mapping of keys (trainer, model, data, ...); {got}")
 
 
 def refuse_used_root(directory: Path, ckpt_path: str | None) -> None:

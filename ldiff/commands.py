@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ldiff.config import load_yaml
+from ldiff.files import check_output
 from ldiff.diffusion.schedules import CosineSchedule, LinearBetaSchedule
 
 SCHEDULES = {"cosine": CosineSchedule, "linear-beta": LinearBetaSchedule}
@@ -76,6 +77,7 @@ def run_baseline(args: argparse.Namespace) -> None:
     from ldiff.lit.checkpoint import load_prior
     from ldiff.nets.gaussian import GaussianPrior
 
+    check_output(args.output, {"--checkpoint": args.checkpoint, "--data": args.data})
     net, schedule, normalizer, _ = load_prior(args.checkpoint)
     data = FieldDataModule(args.data, window=net.in_channels // 2, split=tuple(args.split), seed=args.seed, random_window=False)
     data.normalizer.load_state_dict(normalizer)
@@ -184,6 +186,7 @@ def add_export_command(subparsers: argparse._SubParsersAction) -> argparse.Argum
 def run_export(args: argparse.Namespace) -> None:
     from ldiff.lit.checkpoint import export_prior
 
+    check_output(args.output, {"checkpoint": args.checkpoint})
     print(export_prior(args.checkpoint, args.output))
 
 

@@ -51,8 +51,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from ldiff.config import check_keys, instantiate, load_yaml, select
+from ldiff.config import check_keys, check_types, instantiate, load_yaml, select
 from ldiff.data.module import FieldDataModule
 from ldiff.guidance.base import Strategy
 from ldiff.guidance.exact_gaussian import ExactGaussian
@@ -84,6 +85,8 @@ def read_config(path: str) -> dict[str, Any]:
         if not isinstance(section, dict):
             raise ValueError(f"{path}: {key}: need a mapping, got {section!r}")
         check_keys(section, allowed, f"{path}: {key}")
+    check_types(cfg["model"], InferenceModule, f"{path}: model")
+    check_types(cfg["data"], FieldDataModule, f"{path}: data")
     if not isinstance(cfg["model"].get("checkpoint"), str):
         raise ValueError(f"{path}: model.checkpoint: need the path of a prior checkpoint, got {cfg['model'].get('checkpoint')!r}")
     if "path" not in cfg["data"]:
@@ -150,6 +153,10 @@ def run(config_path: str, output: str | None = None, quick: bool = False, progre
 
     module(next(iter(strategies)), next(iter(operators)))  # every setting checked before the run directory exists
     trainer_cfg = {"accelerator": "cpu", "devices": 1, **(cfg.get("trainer") or {})}
+    try:
+        L.Trainer(**trainer_cfg, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    except (TypeError, ValueError, MisconfigurationException) as error:
+        raise ValueError(f"{config_path}: trainer: {' '.join(str(error).split())}") from None
     wandb_cfg = {"mode": "offline", "project": "ldiff", **(cfg.get("wandb") or {})}
     out_dir = Path(cfg["output"])
     group = f"{out_dir.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"

@@ -14,8 +14,11 @@ A component is written as in LightningCLI::
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,52 @@ def check_keys(section: dict[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(section) - allowed)
     if unknown:
         raise ValueError(f"{where}: unknown key '{unknown[0]}' (expected one of {', '.join(sorted(allowed))})")
+
+
+def check_types(section: dict[str, Any], cls: type, where: str) -> None:
+    """Refuse a value of ``section`` whose type does not fit the annotation of ``cls``'s
+    argument of that name, naming ``where.key``: plain types (``bool``, ``int``,
+    ``float``, which accepts an int, ``str``, ``None``), their unions, ``Literal``,
+    tuples, lists and sequences of them; other annotations are not checked here."""
+    hints = typing.get_type_hints(cls.__init__)
+    for key, value in section.items():
+        if key in hints and not _fits(value, hints[key]):
+            raise ValueError(f"{where}.{key}: expected {_type_name(hints[key])}, got {value!r}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (tuple, list, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+        return not args or all(_fits(v, args[0]) for v in value)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def instantiate(spec: dict[str, Any], where: str, base: type | None = None, **extra: Any) -> Any:

@@ -6,7 +6,8 @@ tables) goes through :func:`atomic_write`: the content is written to a hidden te
 name beside the target and renamed over it (``os.replace``, atomic on POSIX), so a
 reader sees the old file or the new one and an interrupted write leaves no half file.
 :func:`check_output` refuses, before any work, a target that is a directory, lies
-under a file, or sits in a directory that cannot be written, naming the path.
+under a file, sits in a directory that cannot be written, or is one of the command's
+own inputs, naming the path.
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ from pathlib import Path
 from typing import Callable
 
 
-def check_output(path: str | os.PathLike) -> Path:
+def check_output(path: str | os.PathLike, inputs: dict[str, str | os.PathLike | None] | None = None) -> Path:
     """``ValueError`` naming ``path`` unless a file can be written there: it is no
-    directory, and its nearest existing ancestor is a writable directory (the missing
-    ones are made when the file is written). Creates nothing; returns ``path`` as a Path."""
+    directory, its nearest existing ancestor is a writable directory (the missing ones
+    are made when the file is written), and it is none of ``inputs`` (name -> path: the
+    files the command reads, which an output must never overwrite). Creates nothing;
+    returns ``path`` as a Path."""
     path = Path(path)
+    for name, source in (inputs or {}).items():
+        if source is not None and same_file(path, source):
+            raise ValueError(f"{path}: is this command's input ({name}); name another file to write")
     if path.is_dir():
         raise ValueError(f"{path}: is a directory; name a file to write")
     ancestor = next(a for a in (path.parent.absolute(), *path.parent.absolute().parents) if a.exists())
@@ -29,6 +35,15 @@ def check_output(path: str | os.PathLike) -> Path:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ValueError(f"{path}: the directory {_shown(ancestor, path)} is not writable")
     return path
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when ``a`` and ``b`` name one file (the same inode, or the same absolute path
+    when either does not exist yet)."""
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.absolute() == b.absolute()
 
 
 def _shown(ancestor: Path, path: Path) -> Path:
@@ -48,6 +63,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         try:
+            tmp.touch()  # an unwritable directory fails here, as an OSError, whatever ``write`` raises
             write(tmp)
             os.replace(tmp, path)
         except OSError as error:

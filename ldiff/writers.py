@@ -223,7 +223,9 @@ class ReconstructionWriter(BasePredictionWriter):
         """Rank 0 deletes what an interrupted run into ``output`` left behind (shards and
         temporary files); the other ranks wait for it before they predict."""
         super().setup(trainer, pl_module, stage)
-        check_output(self.output)  # a directory, a path under a file: refused before any work
+        # a directory, a path under a file, one of the run's inputs: refused before any work
+        inputs = {"data.path": getattr(trainer.datamodule, "path", None), "model.checkpoint": getattr(pl_module, "checkpoint", None)}
+        check_output(self.output, inputs)
         if trainer.global_rank == 0:
             prefix = glob.escape(f".{self.output.name}.")
             for pattern in (prefix + "shard-*.nc", "." + prefix + "shard-*.nc.*.tmp", prefix + "*.tmp"):

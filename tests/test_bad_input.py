@@ -219,17 +219,24 @@ def test_predict_config_with_a_misspelled_key(files, tmp_path, capsys):
     assert "model.stepz" in error_line(capsys)
 
 
-def test_nan_observations_stop_trainer_predict_before_anything_is_written(tmp_path):
+def test_nan_observations_in_a_later_batch_stop_trainer_predict_and_nothing_is_written(tmp_path):
+    """Batch 0 is clean and reconstructed; batch 1 holds a NaN: predict stops with the
+    count, and neither the output nor a shard or temporary file of batch 0's results is
+    left (a writer that wrote per batch would leave batch 0 behind)."""
     prior = gaussian_prior(field_shape=(2, 8, 8))
     module = InferenceModule.from_prior(prior, prior.schedule, strategy=DPSSum(), operator=Subsample(2), std=0.1, steps=2)
-    y = torch.zeros(2, 2, 4, 4)
-    y[1, 0, 2, 3] = float("nan")
-    batch = {"y": y, "index": torch.tensor([0, 1]), "field_shape": (2, 8, 8)}
+    clean = {"y": torch.zeros(2, 2, 4, 4), "index": torch.tensor([0, 1]), "field_shape": (2, 8, 8)}
+    bad = {"y": torch.zeros(2, 2, 4, 4), "index": torch.tensor([2, 3]), "field_shape": (2, 8, 8)}
+    bad["y"][1, 0, 2, 3] = float("nan")
+    finished = []
+    step = module.predict_step
+    module.predict_step = lambda batch, *args: finished.append(step(batch, *args)) or finished[-1]
     writer = ReconstructionWriter(str(tmp_path / "out.nc"))
     trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[writer], enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(ValueError) as error:
-        trainer.predict(module, DataLoader([batch], batch_size=None), return_predictions=False)
+        trainer.predict(module, DataLoader([clean, bad], batch_size=None), return_predictions=False)
     assert str(error.value) == "observations y hold 1 NaN or Inf values"
+    assert len(finished) == 1 and torch.isfinite(finished[0]["recon"]).all()  # batch 0 was done
     assert list(tmp_path.iterdir()) == []
 
 
@@ -354,3 +361,176 @@ def test_a_compare_output_or_fit_root_under_a_file_is_one_line(files, tmp_path, 
     assert error_line(capsys) == f"{blocker / 'run' / 'provenance.json'}: cannot write under {blocker}, which is a file"
     assert fit(store, blocker / "root", "--trainer.max_epochs", "1") == 2
     assert error_line(capsys) == f"{blocker / 'root' / 'checkpoints' / 'last.ckpt'}: cannot write under {blocker}, which is a file"
+
+
+# --- every output, and the list of cases that once ended in a traceback -------------------
+
+READ_ONLY = Path("/sys/ldiff-test")
+"""A directory no one may create, root included (sysfs refuses it)."""
+
+
+def read_only_is_enforced() -> bool:
+    try:
+        READ_ONLY.mkdir(parents=True)
+    except OSError:
+        return True
+    READ_ONLY.rmdir()
+    return False
+
+
+def file_outputs(files, tmp_path: Path) -> dict[str, tuple[callable, dict[str, Path]]]:
+    """Every command that writes one file: (argv of an output path, its inputs by name)."""
+    store, _, prior = files
+    h5 = write_h5(tmp_path / "sda.h5", x=sda_array(n=2, t=3, h=8, w=8))
+    config = str(ROOT / "configs" / "predict" / "grf-tiny.yaml")
+    return {
+        "data grf": (lambda out: ["data", "grf", "--output", str(out), "--trajectories", "1", "--frames", "2", "--size", "8"], {}),
+        "data import-sda": (lambda out: ["data", "import-sda", str(h5), "--layout", "N,T,C,H,W", "-o", str(out)], {"file": h5}),
+        "data merge": (lambda out: ["data", "merge", str(store), str(store), "-o", str(out)], {"file 1": store}),
+        "baseline": (lambda out: ["baseline", "--checkpoint", str(prior), "--data", str(store), "-o", str(out)], {"--checkpoint": prior, "--data": store}),
+        "export": (lambda out: ["export", str(prior), "-o", str(out)], {"checkpoint": prior}),
+        "predict": (lambda out: ["predict", "--config", config, "--model.checkpoint", str(prior), "--data.path", str(store), "--model.steps", "2",
+                                 "--trainer.logger", "false", "--trainer.callbacks.init_args.output", str(out)], {"data.path": store, "model.checkpoint": prior}),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["data grf", "data import-sda", "data merge", "baseline", "export", "predict"])
+@pytest.mark.parametrize("kind", ["directory", "under a file", "read-only", "an input"])
+def test_every_file_output_that_cannot_or_must_not_be_written_is_one_line(files, tmp_path, capsys, command, kind):
+    """Before any work: the output is a directory, lies under a file, lies in a directory
+    that cannot be created, or is the command's own input (which stays untouched)."""
+    build, inputs = file_outputs(files, tmp_path)[command]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    if kind == "read-only" and not read_only_is_enforced():
+        pytest.skip(f"{READ_ONLY.parent} accepts new directories here")
+    if kind == "an input" and not inputs:
+        pytest.skip(f"{command} reads no file")
+    name, source = next(iter(inputs.items())) if inputs else (None, None)
+    out, message = {
+        "directory": (tmp_path, f"{tmp_path}: is a directory; name a file to write"),
+        "under a file": (blocker / "out.nc", f"{blocker / 'out.nc'}: cannot write under {blocker}, which is a file"),
+        "read-only": (READ_ONLY / "out.nc", None),
+        "an input": (source, f"{source}: is this command's input ({name}); name another file to write"),
+    }[kind]
+    before = source.read_bytes() if source else None
+    assert run(*build(out)) == 2
+    line = error_line(capsys)
+    if message is None:
+        assert line.startswith(str(READ_ONLY)) and line.endswith("(Operation not permitted)"), line
+    else:
+        assert line == message
+    if source:
+        assert source.read_bytes() == before
+
+
+def compare_config(files, tmp_path: Path, **changes) -> list[str]:
+    store, _, prior = files
+    config = {
+        "model": {"checkpoint": str(prior), "steps": 2}, "data": {"path": str(store), "items": 1},
+        "operators": {"sub4": {"class_path": "ldiff.observe.Subsample", "init_args": {"stride": 4}}},
+        "strategies": {"dps-sum": {"class_path": "ldiff.guidance.dps_sum.DPSSum"}},
+        "output": str(tmp_path / "run"), "wandb": {"mode": "disabled"},
+    }  # fmt: skip
+    for key, value in changes.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) and key in config else value
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    return ["compare", "--config", str(tmp_path / "c.yaml")]
+
+
+def fit_config(files, tmp_path: Path, *extra: str) -> list[str]:
+    config = str(ROOT / "configs" / "prior" / "grf-tiny.yaml")
+    return ["fit", "--config", config, "--data.path", str(files[0]), "--trainer.default_root_dir", str(tmp_path / "root"),
+            "--trainer.max_epochs", "1", "--trainer.logger", "false", *extra]  # fmt: skip
+
+
+def small_grid_store(files, tmp_path: Path) -> Path:
+    return save(generate_grf(8, 4, 4, seed=0), tmp_path / "small.nc")
+
+
+def a_checkpoint(tmp_path: Path, content) -> Path:
+    torch.save(content, tmp_path / "odd.ckpt")
+    return tmp_path / "odd.ckpt"
+
+
+def wide_checkpoint(tmp_path: Path) -> Path:
+    checkpoint = prior_checkpoint()
+    checkpoint["pytorch-lightning_version"] = "2.6.6"
+    checkpoint["state_dict"]["online.lift.weight"] = torch.zeros(3, 3)
+    return a_checkpoint(tmp_path, checkpoint)
+
+
+ONE_LINE_CASES = {
+    # case: (argv builder (files, tmp_path) -> argv, the exact message, "{tmp}" for tmp_path)
+    "compare output under a file": (
+        lambda f, t: compare_config(f, t, output=str(f[0] / "run")),
+        "{store}/run/provenance.json: cannot write under {store}, which is a file"),
+    "fit root under a file": (
+        lambda f, t: fit_config(f, t, "--trainer.default_root_dir", str(f[0] / "root")),
+        "{store}/root/checkpoints/last.ckpt: cannot write under {store}, which is a file"),
+    "fit root read-only": (
+        lambda f, t: fit_config(f, t, "--trainer.default_root_dir", str(READ_ONLY)),
+        f"{READ_ONLY}: Operation not permitted"),
+    "compare output read-only": (
+        lambda f, t: compare_config(f, t, output=str(READ_ONLY)),
+        f"{READ_ONLY}/provenance.json: cannot create its directory (Operation not permitted)"),
+    "predict without a checkpoint": (
+        lambda f, t: file_outputs(f, t)["predict"][0](t / "o.nc") + ["--model.checkpoint", "null"],
+        "InferenceModule: no prior: name the prior checkpoint written by `ldiff fit` with --model.checkpoint"),
+    "fit --ckpt_path of another architecture": (
+        lambda f, t: fit_config(f, t, "--ckpt_path", str(wide_checkpoint(t))),
+        "checkpoint {tmp}/odd.ckpt: parameter online.net.embed.1.weight is missing, the model expects it"),
+    "fit --ckpt_path of a dict that is no checkpoint": (
+        lambda f, t: fit_config(f, t, "--ckpt_path", str(a_checkpoint(t, {"a": 1}))),
+        "{tmp}/odd.ckpt: not a training checkpoint written by `ldiff fit` (no 'pytorch-lightning_version' entry)"),
+    "predict of a dict that is no checkpoint": (
+        lambda f, t: file_outputs(f, t)["predict"][0](t / "o.nc") + ["--model.checkpoint", str(a_checkpoint(t, {"a": 1}))],
+        "{tmp}/odd.ckpt: no 'state_dict' entry; not a ScorePrior checkpoint"),
+    "compare checkpoint: [a]": (
+        lambda f, t: compare_config(f, t, model={"checkpoint": ["a"]}),
+        "{tmp}/c.yaml: model.checkpoint: expected str or null, got ['a']"),
+    "compare model.steps: x": (
+        lambda f, t: compare_config(f, t, model={"steps": "x"}),
+        "{tmp}/c.yaml: model.steps: expected int, got 'x'"),
+    "compare model.std: abc": (
+        lambda f, t: compare_config(f, t, model={"std": "abc"}),
+        "{tmp}/c.yaml: model.std: expected float, got 'abc'"),
+    "compare data.items: 2.5": (
+        lambda f, t: compare_config(f, t, data={"items": 2.5}),
+        "{tmp}/c.yaml: data.items: expected int or null, got 2.5"),
+    "compare trainer.devices: abc": (
+        lambda f, t: compare_config(f, t, trainer={"devices": "abc"}),
+        "{tmp}/c.yaml: trainer: `devices` selected with `CPUAccelerator` should be an int > 0."),
+    "predict --trainer.devices abc": (
+        lambda f, t: file_outputs(f, t)["predict"][0](t / "o.nc") + ["--trainer.devices", "abc"],
+        "trainer: `devices` selected with `CPUAccelerator` should be an int > 0."),
+    "compare baseline: true": (
+        lambda f, t: compare_config(f, t, baseline=True),
+        "{tmp}/c.yaml: baseline: need a GaussianPrior file or {{fit: TRAIN_STORE}}, got True"),
+    "fit on a grid too small for the network": (
+        lambda f, t: fit_config(f, t, "--data.path", str(small_grid_store(f, t)), "--model.net.init_args.widths", "[8, 16, 32]"),
+        "{tmp}/small.nc: the grid is 4x4, too small for 3 levels with kernel_size 3: H and W must exceed 4 (model.net.init_args.widths sets the levels)"),
+    "an IBPM .cmd with -dt abc": (
+        lambda f, t: ["data", "import-ibpm", str(write_run(t / "run", cmd="ibpm -nx 8 -ny 4 -dt abc -tecplot 4\n")), "-o", str(t / "i.nc")],
+        "{tmp}/run/ibpm.cmd: option -dt has value 'abc', expected float"),
+    "an empty fit config": (
+        lambda f, t: ["fit", "--config", str(write_text(t / "empty.yaml", ""))],
+        "{tmp}/empty.yaml: a config must be a mapping of keys (trainer, model, data, ...); it is empty"),
+    "a fit config holding a list": (
+        lambda f, t: ["fit", "--config", str(write_text(t / "list.yaml", "- 1\n"))],
+        "{tmp}/list.yaml: a config must be a mapping of keys (trainer, model, data, ...); got a list"),
+}  # fmt: skip
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("case", ONE_LINE_CASES)
+def test_each_case_that_once_ended_in_a_traceback_is_one_line_naming_its_source(files, tmp_path, capsys, case):
+    build, message = ONE_LINE_CASES[case]
+    if "read-only" in case and not read_only_is_enforced():
+        pytest.skip(f"{READ_ONLY.parent} accepts new directories here")
+    assert run(*build(files, tmp_path)) == 2
+    assert error_line(capsys) == message.format(tmp=tmp_path, store=files[0])

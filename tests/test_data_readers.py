@@ -177,7 +177,12 @@ def test_every_truncation_of_a_plt_file_is_a_value_error_naming_it(tmp_path, cut
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(position=st.integers(0, len(VALID_PLT) - 1), byte=st.integers(0, 255))
-def test_a_corrupted_byte_in_a_plt_file_reads_or_is_a_value_error_naming_it(tmp_path, position, byte):
+def test_a_corrupted_byte_in_a_plt_file_changes_at_most_one_value_or_is_a_value_error_naming_it(tmp_path, position, byte):
+    """A byte changed anywhere either fails with the file's name, or reads the same grid
+    with every value as written except at most the one number the byte sits in (a
+    changed digit or sign): never a shifted, merged or reshaped array."""
+    (tmp_path / "valid.plt").write_bytes(VALID_PLT)
+    expected = read_plt(tmp_path / "valid.plt")
     path = tmp_path / "ibpm00004.plt"
     path.write_bytes(VALID_PLT[:position] + bytes([byte]) + VALID_PLT[position + 1 :])
     try:
@@ -185,7 +190,9 @@ def test_a_corrupted_byte_in_a_plt_file_reads_or_is_a_value_error_naming_it(tmp_
     except ValueError as error:
         assert "ibpm00004.plt" in str(error)
     else:
-        assert values.shape == (n_j, n_i, 5)
+        assert (n_i, n_j) == expected[:2] and values.shape == expected[2].shape
+        assert np.isfinite(values).all()
+        assert (values != expected[2]).sum() <= 1
 
 
 # --- SDA HDF5 -------------------------------------------------------------------------

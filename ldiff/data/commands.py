@@ -14,6 +14,7 @@ from ldiff.data.grf import generate_grf
 from ldiff.data.ibpm import read_ibpm_dir
 from ldiff.data.sda import CANONICAL, read_sda_h5
 from ldiff.data.store import concat, save
+from ldiff.files import check_output
 
 
 def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
@@ -66,18 +67,22 @@ def _add_output(parser: argparse.ArgumentParser) -> None:
 
 
 def _import_ibpm(args: argparse.Namespace) -> None:
+    check_output(args.output, {"directory": args.directory})
     print(save(read_ibpm_dir(args.directory, dt=args.dt), args.output))
 
 
 def _import_sda(args: argparse.Namespace) -> None:
+    check_output(args.output, {"file": args.file})
     ds = read_sda_h5(args.file, args.layout, dt=args.dt, lx=args.lx, ly=args.ly, periodic=args.periodic)
     print(save(ds, args.output))
 
 
 def _grf(args: argparse.Namespace) -> None:
+    check_output(args.output)
     ds = generate_grf(args.trajectories, args.frames, args.size, args.seed, alpha=args.alpha, rho=args.rho)
     print(save(ds, args.output))
 
 
 def _merge(args: argparse.Namespace) -> None:
+    check_output(args.output, {f"file {i + 1}": path for i, path in enumerate(args.files)})
     print(save(concat(args.files), args.output))

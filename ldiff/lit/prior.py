@@ -252,8 +252,16 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 def check_channels(net: nn.Module, datamodule: Any) -> None:
     """``ValueError`` naming both numbers when the network's ``in_channels`` or
-    ``cond_channels`` differ from the data module's ``channels`` or ``cond_channels``;
-    objects that do not declare them are not checked."""
+    ``cond_channels`` differ from the data module's ``channels`` or ``cond_channels``,
+    and naming the data file when its grid is too small for the network's levels
+    (``check_size``); objects that do not declare these are not checked."""
+    check_size = getattr(net, "check_size", None) or getattr(getattr(net, "net", None), "check_size", None)
+    coords = getattr(datamodule, "coords", None)
+    if check_size is not None and coords is not None:
+        try:
+            check_size(coords["y"].size, coords["x"].size, what="the grid")
+        except ValueError as error:
+            raise ValueError(f"{datamodule.path}: {error} (model.net.init_args.widths sets the levels)") from None
     pairs = (("in_channels", "channels"), ("cond_channels", "cond_channels"))
     for net_key, data_key in pairs:
         expected, given = getattr(net, net_key, None), getattr(datamodule, data_key, None)

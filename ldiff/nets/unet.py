@@ -335,6 +335,17 @@ class UNet(nn.Module):
         mode = "constant" if self.padding == "zeros" else self.padding
         return F.pad(x, pads, mode=mode), crop
 
+    def check_size(self, H: int, W: int, what: str = "x_t") -> None:
+        """``ValueError`` unless an H x W field passes every level: after the padding to a
+        multiple of ``2^(levels - 1)``, the coarsest level must still exceed the
+        kernel's reach."""
+        least = self.multiple * max(self.kernel_size // 2, 1)
+        if min(H, W) <= least:
+            raise ValueError(
+                f"{what} is {H}x{W}, too small for {len(self.widths)} levels with "
+                f"kernel_size {self.kernel_size}: H and W must exceed {least}"
+            )
+
     def _check_inputs(self, x_t: Tensor, t: Tensor | float, cond: Tensor | None) -> Tensor:
         """Validate shapes; return ``t`` as a (B,) tensor of ``x_t``'s dtype and device."""
         if x_t.dim() != 4:
@@ -342,12 +353,7 @@ class UNet(nn.Module):
         B, C, H, W = x_t.shape
         if C != self.in_channels:
             raise ValueError(f"x_t has {C} channels, the UNet expects {self.in_channels}")
-        least = self.multiple * max(self.kernel_size // 2, 1)
-        if min(H, W) <= least:
-            raise ValueError(
-                f"x_t is {H}x{W}, too small for {len(self.widths)} levels with "
-                f"kernel_size {self.kernel_size}: H and W must exceed {least}"
-            )
+        self.check_size(H, W)
         if self.cond_channels == 0 and cond is not None:
             raise ValueError("cond was given, but the UNet has cond_channels=0")
         if self.cond_channels > 0:

@@ -162,7 +162,7 @@ class LdiffCLI(LightningCLI):
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
         # a resumed run overwrites the files it re-saves, so last.ckpt stays the newest
         # (a fresh run into a used root is refused: see refuse_used_root)
-        pass
+        parser.set_defaults({"checkpoint.enable_version_counter": False})
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str] | None) -> None:
         imports.install()

@@ -224,7 +224,9 @@ class ReconstructionWriter(BasePredictionWriter):
         temporary files); the other ranks wait for it before they predict."""
         super().setup(trainer, pl_module, stage)
         # a directory, a path under a file, one of the run's inputs: refused before any work
-        inputs = {"data.path": getattr(trainer.datamodule, "path", None), "model.checkpoint": getattr(pl_module, "checkpoint", None)}
+        data = getattr(trainer.datamodule, "path", None)
+        inputs = {f"data.path.{k}": v for k, v in data.items()} if isinstance(data, dict) else {"data.path": data}
+        inputs["model.checkpoint"] = getattr(pl_module, "checkpoint", None)
         check_output(self.output, inputs)
         if trainer.global_rank == 0:
             prefix = glob.escape(f".{self.output.name}.")

@@ -331,3 +331,41 @@ def test_shift_augmentation_rolls_training_items_by_multiples_of_the_step(tmp_pa
     assert len(rolls) > 1
     with pytest.raises(ValueError, match="shift"):
         FieldDataModule(str(path), shift=(-1, 0))
+
+
+# --- one file per split (SDA's train.h5, valid.h5, test.h5) -----------------------------
+
+
+def split_stores(tmp_path, scales=(1.0, 3.0, 10.0)) -> dict[str, str]:
+    """Three stores of one grid, with different numbers of trajectories and amplitudes."""
+    stores = {}
+    for (name, scale), (n, seed) in zip(zip(("train", "val", "test"), scales), ((6, 0), (2, 1), (3, 2))):
+        ds = generate_grf(n, 6, 16, seed=seed)
+        ds = ds.assign(u=ds["u"] * scale + name.__len__(), v=ds["v"] * scale)
+        stores[name] = str(save(ds, tmp_path / f"{name}.nc"))
+    return stores
+
+
+def test_a_mapping_of_split_files_gives_each_split_its_file_and_fits_the_normaliser_on_train_alone(tmp_path):
+    stores = split_stores(tmp_path)
+    data = FieldDataModule(stores, window=2, batch_size=2)
+    data.setup("fit")
+    assert {name: len(data.splits[name]) for name in ("train", "val", "test")} == {"train": 6, "val": 2, "test": 3}
+    with xr.open_dataset(stores["train"], engine="h5netcdf") as train:
+        expected = Normalizer()
+        expected.fit(train["u"].values, train["v"].values)
+    assert torch.equal(data.normalizer.mean, expected.mean) and torch.equal(data.normalizer.std, expected.std)
+    # every test window is the test file's, back in physical units
+    windows = data.test_windows()
+    with xr.open_dataset(stores["test"], engine="h5netcdf") as test:
+        first = torch.from_numpy(np.stack([test["u"].values[0, :2], test["v"].values[0, :2]], axis=1)).reshape(4, 16, 16)
+    torch.testing.assert_close(data.normalizer.denormalize(windows["x"][0]), first.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_split_files_of_different_grids_or_unknown_splits_are_one_line(tmp_path):
+    stores = split_stores(tmp_path)
+    other = str(save(generate_grf(2, 6, 8, seed=5), tmp_path / "small.nc"))
+    with pytest.raises(ValueError, match=rf"^{other}: its y grid \(8 points from 0\) differs from the other split files' \(16 from 0\)$"):
+        FieldDataModule({**stores, "val": other}, window=2).setup("fit")
+    with pytest.raises(ValueError, match=r"^data.path: unknown split 'valid' \(expected train, val, test\)$"):
+        FieldDataModule({"train": stores["train"], "valid": stores["val"]}, window=2).setup("fit")

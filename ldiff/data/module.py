@@ -26,7 +26,9 @@ exactly the scaling the prior was trained on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -39,7 +41,7 @@ from ldiff.data.conditions import build_conditions
 from ldiff.data.items import IndexedFields
 from ldiff.data.normalizer import Normalizer
 from ldiff.data.order import EpochOrder
-from ldiff.data.store import load
+from ldiff.data.store import load, validate
 from ldiff.diffusion.noise import keyed_generator
 
 SPLITS = ("train", "val", "test")
@@ -145,7 +147,13 @@ class FieldDataModule(L.LightningDataModule):
     ``condition`` names channels (see :mod:`ldiff.data.conditions`).
 
     Args:
-        path: store file (:mod:`ldiff.data.store`).
+        path: store file (:mod:`ldiff.data.store`), split by trajectory with ``split``;
+            or a mapping ``{train: ..., val: ..., test: ...}`` of files, one per split
+            (any subset of the three; ``split`` is then not used), as SDA keeps its
+            ``train.h5``, ``valid.h5`` and ``test.h5``. A file is a store, or an SDA
+            HDF5 file (``.h5``/``.hdf5``), imported on the fly with its orientation
+            found from the data (:func:`ldiff.data.sda.read_sda_h5`). The files must
+            share one grid; the normaliser is fitted on the train file alone.
         window: frames per sample.
         batch_size: samples per batch.
         split: fractions of trajectories for train, val, test.
@@ -163,7 +171,7 @@ class FieldDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        path: str,
+        path: str | dict[str, str],
         window: int = 1,
         batch_size: int = 16,
         split: tuple[float, float, float] = (0.8, 0.1, 0.1),
@@ -210,19 +218,29 @@ class FieldDataModule(L.LightningDataModule):
         """
         if self.splits is not None:
             return
-        ds = load(self.path)
-        n_traj, n_time = ds.sizes["trajectory"], ds.sizes["time"]
-        if self.window > n_time:
-            raise ValueError(f"{self.path}: window {self.window} is longer than the trajectories ({n_time} frames)")
-        self.attrs = dict(ds.attrs)
-        self.time = ds["time"].values
-        self.coords = {name: ds[name] for name in ("x", "y", "time")}  # with their units
-        self.cond = build_conditions(ds, self.condition) if self.condition else None
-        splits = split_trajectories(n_traj, self.split, self.seed)
-        self.fields = {name: _fields(ds, index) for name, index in splits.items()}
+        files = split_files(self.path)
+        stores = {name: read_store(path) for name, path in files.items()}
+        for name, ds in stores.items():
+            if self.window > ds.sizes["time"]:
+                raise ValueError(f"{files[name]}: window {self.window} is longer than the trajectories ({ds.sizes['time']} frames)")
+        if len(stores) == 1:  # one store, split by trajectory
+            ds = next(iter(stores.values()))
+            splits = split_trajectories(ds.sizes["trajectory"], self.split, self.seed)
+            stores = dict.fromkeys(SPLITS, ds)
+        else:
+            splits = {name: np.arange(stores[name].sizes["trajectory"] if name in stores else 0) for name in SPLITS}
+        first = next(stores[name] for name in ("train", "test", "val") if name in stores)
+        for name, ds in stores.items():
+            _check_same_grid(files.get(name, self.path), ds, first)
+        self.attrs = dict(first.attrs)
+        self.time = stores.get("test", first)["time"].values
+        self.coords = {"x": first["x"], "y": first["y"], "time": stores.get("test", first)["time"]}  # with their units
+        self.cond = build_conditions(first, self.condition) if self.condition else None
+        self.fields = {name: _fields(stores.get(name, first), index) for name, index in splits.items()}
         if self.normalizer.mean is None and len(splits["train"]):
-            self.normalizer.fit(ds["u"].values[splits["train"]], ds["v"].values[splits["train"]])
-            _check_spread(self.path, self.normalizer)
+            train = stores["train"]
+            self.normalizer.fit(train["u"].values[splits["train"]], train["v"].values[splits["train"]])
+            _check_spread(files.get("train", self.path), self.normalizer)
         self.splits = splits
 
     def dataset(self, name: str, stride: int = 1) -> WindowDataset:
@@ -279,7 +297,8 @@ class FieldDataModule(L.LightningDataModule):
         dataset = self.dataset("test", stride=stride or self.window)
         items = [dataset[i] for i in range(len(dataset))]
         if not items:
-            raise ValueError(f"{self.path}: the test split is empty")
+            where = self.path if isinstance(self.path, (str, os.PathLike)) else "data.path"
+            raise ValueError(f"{where}: the test split is empty")
         windows = {key: torch.stack([item[key] for item in items]) for key in items[0]}
         windows["time"] = torch.as_tensor(self.time[windows["start"].numpy()])
         return windows
@@ -307,6 +326,45 @@ class FieldDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+
+def split_files(path: str | Mapping[str, str]) -> dict[str, str]:
+    """``{"all": path}`` for one store, else the mapping's files by split name, checked."""
+    if isinstance(path, (str, os.PathLike)):
+        return {"all": str(path)}
+    if not isinstance(path, Mapping) or not path:
+        raise ValueError(f"data.path: need a store file or a mapping {{train: ..., val: ..., test: ...}}, got {path!r}")
+    for name, file in path.items():
+        if name not in SPLITS:
+            raise ValueError(f"data.path: unknown split {name!r} (expected {', '.join(SPLITS)})")
+        if not isinstance(file, (str, os.PathLike)):
+            raise ValueError(f"data.path.{name}: need a file, got {file!r}")
+    return {name: str(file) for name, file in path.items()}
+
+
+SDA_SUFFIXES = (".h5", ".hdf5")
+"""Files read as SDA HDF5 windows rather than as stores."""
+
+
+def read_store(path: str) -> xr.Dataset:
+    """A store file (:func:`ldiff.data.store.load`), or an SDA HDF5 file imported in
+    memory (orientation from the data) and validated like a store."""
+    if Path(path).suffix.lower() in SDA_SUFFIXES:
+        from ldiff.data.sda import read_sda_h5
+
+        ds = read_sda_h5(path)
+        validate(ds, path)
+        return ds
+    return load(path)
+
+
+def _check_same_grid(path: str, ds: xr.Dataset, reference: xr.Dataset) -> None:
+    for axis in ("y", "x"):
+        if ds.sizes[axis] != reference.sizes[axis] or not np.allclose(ds[axis].values, reference[axis].values):
+            raise ValueError(
+                f"{path}: its {axis} grid ({ds.sizes[axis]} points from {float(ds[axis][0]):g}) differs from the "
+                f"other split files' ({reference.sizes[axis]} from {float(reference[axis][0]):g})"
+            )
 
 
 def _fields(ds: xr.Dataset, index: np.ndarray) -> Tensor:

@@ -3,26 +3,21 @@
 ::
 
     ldiff fit      --config configs/prior/grf-tiny.yaml [--trainer.max_epochs 4 ...]
-    ldiff fit      --config configs/prior/grf-tiny.yaml --ckpt_path runs/grf-tiny/checkpoints/last.ckpt
+    ldiff fit      --config configs/prior/grf-tiny.yaml --ckpt_path last
     ldiff validate --config configs/prior/grf-tiny.yaml --ckpt_path runs/grf-tiny/checkpoints/last.ckpt
     ldiff data grf --output data/grf-tiny.nc [...]
 
-``fit``, ``validate`` and ``test`` run Lightning through ``LightningCLI`` with
-:class:`ldiff.lit.prior.ScorePrior` and :class:`ldiff.data.module.FieldDataModule`: the
-YAML chooses the network and the schedule by ``class_path``, and every key can be
-overridden on the command line. :func:`lightning_cli` builds the same CLI for any other
-LightningModule (inference adds ``predict`` by naming its module in
-:data:`LIGHTNING_COMMANDS`). Configs are YAML read with a safe loader, so a config never
-runs code (``!!python`` tags are refused), and checkpoints are read weights-only
-(:mod:`ldiff.lit.checkpoint`), the resume file included.
+``fit``, ``validate``, ``test`` and ``predict`` run Lightning through ``LightningCLI``
+(:mod:`ldiff.lit.cli`); :data:`LIGHTNING_COMMANDS` names the LightningModule of each.
+The other commands are plain ``argparse`` sub-commands, each parser carrying ``func``.
 
-Checkpoints go to ``<trainer.default_root_dir>/checkpoints/``: one every
-``checkpoint.every_n_epochs`` epochs and ``last.ckpt``, written atomically.
-
-Other commands are plain ``argparse`` sub-commands, each parser carrying ``func``.
+**Start-up.** This module imports only the standard library. A command's own module is
+imported when that command runs (:data:`COMMANDS`), so ``ldiff --help`` imports none,
+and no command that neither trains nor predicts imports Lightning or wandb.
 
 Errors in the input (``ValueError``, ``FileNotFoundError``, bad arguments or config keys,
-unknown class paths, trainer settings Lightning rejects) print one line, ``ldiff: error: <message>``, and exit with status 2.
+refused class paths, trainer settings Lightning rejects, a file system refusing a
+write) print one line, ``ldiff: error: <message>``, and exit with status 2.
 """
 
 from __future__ import annotations
@@ -30,32 +25,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
-
-import yaml
-from jsonargparse import ArgumentError
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-
-from ldiff import imports
-from ldiff.data.commands import add_data_commands
-from ldiff.commands import (
-    add_balance_command,
-    add_baseline_command,
-    add_compare_command,
-    add_export_command,
-    add_quality_command,
-)
-from ldiff.data.module import FieldDataModule
-from ldiff.files import check_output
-from ldiff.lit.checkpoint import SafeCheckpointIO, read_checkpoint
-from ldiff.tracking import active_wandb_run, finish_wandb_run
 
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "ldiff.lit.prior.ScorePrior",
@@ -64,6 +36,16 @@ LIGHTNING_COMMANDS: dict[str, str] = {
     "predict": "ldiff.lit.inference.InferenceModule",
 }
 """Sub-commands run by LightningCLI, and the LightningModule each one runs."""
+
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "data": ("ldiff.data.commands", "add_data_commands", "generate or import fields into a store file"),
+    "balance": ("ldiff.commands", "add_balance_command", "the seed's likelihood-strength analysis over N and t"),
+    "compare": ("ldiff.commands", "add_compare_command", "sweep guidance strategies x observation operators with one prior"),
+    "baseline": ("ldiff.commands", "add_baseline_command", "fit the stationary Gaussian prior to a prior's training data"),
+    "quality": ("ldiff.commands", "add_quality_command", "a prior's samples against data, or its Jacobian against its Gaussian fit"),
+    "export": ("ldiff.commands", "add_export_command", "slim a training checkpoint to the prior alone"),
+}
+"""The argparse sub-commands: (module, the hook that adds the parser, help line)."""
 
 OPTIONAL_DATA_COMMANDS = (
     ("ldiff.data.kolmogorov", "add_kolmogorov_command"),
@@ -89,175 +71,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message=message)
     try:
         if args and args[0] in LIGHTNING_COMMANDS:
-            if args[0] == "predict":
-                refuse_predict_ckpt_path(args)
-            # LightningCLI reads sys.argv itself when given None (and warns when given both)
-            lightning_cli(_import(LIGHTNING_COMMANDS[args[0]]), args[0], None if argv is None else args)
+            from ldiff.lit.cli import run
+
+            run(args[0], None if argv is None else args)
         else:
-            namespace = build_parser().parse_args(args)
+            namespace = build_parser(args[0] if args else None).parse_args(args)
             namespace.func(namespace)
-    except (ValueError, FileNotFoundError, MisconfigurationException) as error:
-        print(f"ldiff: error: {one_line(error)}", file=sys.stderr)
-        return 2
-    except OSError as error:  # a file system that refuses a write the checks let through (read-only, full)
-        if error.filename is None:
+    except Exception as error:
+        message = input_error(error)
+        if message is None:
             raise
-        print(f"ldiff: error: {error.filename}: {error.strerror or one_line(error)}", file=sys.stderr)
+        print(f"ldiff: error: {message}", file=sys.stderr)
         return 2
     return 0
 
 
-def refuse_predict_ckpt_path(args: list[str]) -> None:
-    """``predict`` takes its prior as ``--model.checkpoint``: Lightning's ``--ckpt_path``
-    would restore a checkpoint *into* the InferenceModule, which has no weights of its
-    own, so it is refused with the right spelling."""
-    for arg in args:
-        if arg == "--ckpt_path" or arg.startswith("--ckpt_path="):
-            raise UsageError("predict: name the prior with --model.checkpoint PRIOR.ckpt (--ckpt_path would restore a checkpoint into the InferenceModule)")
+def input_error(error: Exception) -> str | None:
+    """The one-line message of an error in the user's input, or None for a bug: a
+    ``ValueError`` or ``FileNotFoundError``, Lightning's ``MisconfigurationException``
+    (a trainer setting), or an ``OSError`` naming a file (a file system that refuses a
+    write the checks let through: read-only, full)."""
+    if isinstance(error, (ValueError, FileNotFoundError)):
+        return one_line(error)
+    exceptions = sys.modules.get("lightning.fabric.utilities.exceptions")
+    if exceptions is not None and isinstance(error, exceptions.MisconfigurationException):
+        return one_line(error)
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or one_line(error)}"
+    return None
 
 
 def one_line(error: BaseException) -> str:
     """The message of ``error`` on one line (whitespace runs collapsed)."""
     return " ".join(str(error).split()) or type(error).__name__
-
-
-def lightning_cli(model_class: type, command: str, args: Sequence[str] | None) -> LdiffCLI:
-    """Run LightningCLI's sub-command ``command`` (``fit``, ``validate``, ``test``,
-    ``predict``) for ``model_class`` on :class:`FieldDataModule`, parsing ``args``
-    (``sys.argv[1:]`` when None, starting with ``command``); returns the finished CLI,
-    its W&B runs finished (written out whole, so the offline run files are complete)."""
-    before = active_wandb_run()
-    try:
-        return LdiffCLI(model_class, [command], args)
-    finally:  # also after an error, so no later run in this process reuses a half-done one
-        finish_wandb_run(since=before)
-
-
-class LdiffCLI(LightningCLI):
-    """LightningCLI for ``ldiff``: the sub-commands ``commands`` of ``model_class`` on
-    :class:`FieldDataModule`, a ``checkpoint`` group (``ModelCheckpoint``) whose directory
-    follows ``trainer.default_root_dir``, :class:`SafeCheckpointIO` for every checkpoint,
-    and parse errors raised as :class:`UsageError` rather than printed."""
-
-    def __init__(self, model_class: type, commands: Sequence[str], args: Sequence[str] | None):
-        self.commands = tuple(commands)
-        strict = {"exit_on_error": False}
-        super().__init__(
-            model_class,
-            FieldDataModule,
-            args=args,
-            auto_configure_optimizers=False,
-            # fit saves its resolved config beside the checkpoints; predict has no log
-            # directory (logger off), so it would write config.yaml into the working dir
-            save_config_callback=None if "predict" in self.commands else SaveConfigCallback,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={**strict, **{name: strict for name in self.commands}},
-        )
-
-    def subcommands(self) -> dict[str, set[str]]:
-        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in self.commands}
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
-        # a resumed run overwrites the files it re-saves, so last.ckpt stays the newest
-        # (a fresh run into a used root is refused: see refuse_used_root)
-        parser.set_defaults({"checkpoint.enable_version_counter": False})
-
-    def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str] | None) -> None:
-        imports.install()
-        refuse_empty_configs(sys.argv[1:] if args is None else args)
-        try:
-            super().parse_arguments(parser, args)
-        except ArgumentError as error:
-            raise refusal_or(error) from None
-        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
-        if ckpt_path and Path(ckpt_path).is_file():
-            # refuse a pickle before LightningCLI reads the file's hyperparameters
-            checkpoint = read_checkpoint(ckpt_path)
-            missing = [key for key in ("pytorch-lightning_version", "state_dict") if key not in checkpoint]
-            if missing:
-                raise UsageError(f"{ckpt_path}: not a training checkpoint written by `ldiff fit` (no '{missing[0]}' entry)")
-        if self.config.subcommand == "fit":  # checkpoints go there: refuse a bad root before training
-            directory = Path(checkpoint_dir(self.config["fit"]["trainer"].get("default_root_dir")))
-            check_output(directory / "last.ckpt")
-            refuse_used_root(directory, ckpt_path)
-
-    def _parse_ckpt_path(self) -> None:
-        """LightningCLI applies a checkpoint's hyperparameters to the config (through the
-        import gate, like any other value); a failure names the checkpoint file."""
-        try:
-            super()._parse_ckpt_path()
-        except ArgumentError as error:
-            ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
-            raise refusal_or(error, f"{ckpt_path}: hyper_parameters") from None
-
-    def predict(self, model, datamodule=None, return_predictions=None, ckpt_path=None, **kwargs) -> None:
-        """``trainer.predict`` of the InferenceModule on the data's windows to reconstruct
-        (the module takes the prior's normalisation and the grid from the DataModule in
-        its ``setup``); predictions go to the writer, not into memory."""
-        self.trainer.predict(model, datamodule=datamodule, return_predictions=False)
-
-    def instantiate_trainer(self, **kwargs) -> Trainer:
-        plugins = self.config_init[self.subcommand].trainer.plugins
-        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [] if plugins is None else [plugins]
-        try:
-            return super().instantiate_trainer(plugins=[*plugins, SafeCheckpointIO()], **kwargs)
-        except (TypeError, ValueError) as error:  # settings Lightning rejects: devices abc, ...
-            raise UsageError(f"trainer: {one_line(error)}") from None
-
-
-def refuse_empty_configs(args: Sequence[str]) -> None:
-    """A ``--config`` file must hold a mapping (jsonargparse's own message for an empty
-    one, "Unexpected config:", names neither the file nor what it expected)."""
-    args = list(args)
-    for i, arg in enumerate(args):
-        key, eq, value = arg.partition("=")
-        value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
-        if key in ("--config", "-c") and Path(value).is_file():
-            try:
-                loaded = yaml.safe_load(Path(value).read_text())
-            except yaml.YAMLError:
-                continue  # jsonargparse reports the syntax error with the file name
-            if not isinstance(loaded, dict):
-                got = "it is empty" if loaded is None else f"got a {type(loaded).__name__}"
-                raise UsageError(f"{value}: a config must be a mapping of keys (trainer, model, data, ...); {got}")
-
-
-def refuse_used_root(directory: Path, ckpt_path: str | None) -> None:
-    """A fit that does not resume from ``directory`` must not write into it when it holds
-    an earlier run's checkpoints: its files would be versioned (``last-v1.ckpt``) beside
-    the old ``last.ckpt``, which the README's resume and predict commands would then
-    still read."""
-    held = sorted(path.name for path in directory.glob("*.ckpt")) if directory.is_dir() else []
-    if not held:
-        return
-    resumes_here = ckpt_path in ("last", "hpc") or (ckpt_path and Path(ckpt_path).resolve().parent == directory.resolve())
-    if not resumes_here:
-        name = "last.ckpt" if "last.ckpt" in held else held[0]
-        raise UsageError(
-            f"{directory}: holds the checkpoints of an earlier run ({name}); resume it with "
-            f"--ckpt_path {directory / name}, or give another --trainer.default_root_dir"
-        )
-
-
-def refusal_or(error: ArgumentError, where: str | None = None) -> UsageError:
-    """The parse error to report: the import gate's refusal, in ldiff's words and under
-    the key jsonargparse was parsing (it folds the refusal into a long message listing
-    every type it tried), or else ``error`` itself; ``where`` (a file) goes first."""
-    message = str(error)
-    if imports.refusals:
-        keys = re.findall(r'Parser key "([^"]+)"', message)
-        try:
-            imports.check_import(imports.refusals[0], ": ".join(filter(None, [where, keys[-1] if keys else None])))
-        except imports.ImportRefused as refusal:
-            return UsageError(str(refusal))
-    return UsageError(f"{where}: {message}" if where else message)
-
-
-def _import(class_path: str) -> type:
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -268,22 +114,26 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{command}: {message}" if command else message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``argparse`` parser of the non-Lightning commands."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``argparse`` parser of the non-Lightning commands: the full parser of
+    ``command`` (its module imported), a one-line entry for each of the others."""
     parser = _Parser(prog="ldiff", description="Diffusion priors for fluid fields and sparse reconstruction.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in LIGHTNING_COMMANDS:
         commands.add_parser(name, add_help=False, help=f"LightningCLI: see `ldiff {name} --help`")
-    _add_data_commands(commands)
-    add_balance_command(commands)
-    add_compare_command(commands)
-    add_baseline_command(commands)
-    add_quality_command(commands)
-    add_export_command(commands)
+    for name, (module, hook, help) in COMMANDS.items():
+        if name != command:
+            commands.add_parser(name, add_help=False, help=help)
+        elif name == "data":
+            _add_data_commands(commands)
+        else:
+            getattr(importlib.import_module(module), hook)(commands)
     return parser
 
 
 def _add_data_commands(commands: argparse._SubParsersAction) -> None:
+    from ldiff.data.commands import add_data_commands
+
     data_commands = add_data_commands(commands)
     for module_name, hook in OPTIONAL_DATA_COMMANDS:
         if importlib.util.find_spec(module_name) is None:
@@ -291,12 +141,6 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
         add: Callable | None = getattr(importlib.import_module(module_name), hook, None)
         if add is not None:
             add(data_commands)
-
-
-def checkpoint_dir(default_root_dir: str | None) -> str:
-    """Where checkpoints go: ``<default_root_dir>/checkpoints`` (the working directory
-    when ``default_root_dir`` is unset, as for Lightning's trainer)."""
-    return str(Path(default_root_dir or ".") / "checkpoints")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""Start-up: commands that neither train nor predict import neither Lightning nor wandb
+(``ldiff --help`` imports no third-party package at all). The times are measured in the
+README (``time ldiff --help``), not asserted here."""
+
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import sys
+from ldiff.cli import main
+try:
+    status = main(sys.argv[1:])
+except SystemExit as exit:  # --help
+    status = exit.code
+heavy = sorted(m for m in ("lightning", "pytorch_lightning", "wandb", "jsonargparse", "torch", "xarray") if m in sys.modules)
+print(status, ",".join(heavy))
+"""
+
+
+def imported_by(*args: str) -> tuple[int, set[str]]:
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120, check=True)
+    status, _, heavy = done.stdout.strip().splitlines()[-1].partition(" ")
+    return int(status), set(filter(None, heavy.split(",")))
+
+
+def test_help_imports_no_third_party_package():
+    assert imported_by("--help") == (0, set())
+
+
+@pytest.mark.parametrize("args", [["balance"], ["data", "grf", "--help"], ["compare", "--help"], ["baseline", "--help"]])
+def test_commands_that_do_not_train_or_predict_import_neither_lightning_nor_wandb(args):
+    status, heavy = imported_by(*args)
+    assert status == 0 and not heavy & {"lightning", "pytorch_lightning", "wandb", "jsonargparse"}, heavy

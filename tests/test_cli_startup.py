@@ -2,6 +2,7 @@
 (``ldiff --help`` imports no third-party package at all). The times are measured in the
 README (``time ldiff --help``), not asserted here."""
 
+import re
 import subprocess
 import sys
 
@@ -33,3 +34,14 @@ def test_help_imports_no_third_party_package():
 def test_commands_that_do_not_train_or_predict_import_neither_lightning_nor_wandb(args):
     status, heavy = imported_by(*args)
     assert status == 0 and not heavy & {"lightning", "pytorch_lightning", "wandb", "jsonargparse"}, heavy
+
+
+def test_fit_help_lists_ldiffs_networks_and_counts_torchs_modules(capsys):
+    from ldiff.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--help"])
+    assert done.value.code == 0
+    net = " ".join(capsys.readouterr().out.split("\n  --model.net NET", 1)[1].split("\n  --model.", 1)[0].split())
+    assert "ldiff.nets.unet.UNet" in net and "torch.nn.Linear" not in net
+    assert re.search(r"and \d+ classes of torch and other packages\)", net), net

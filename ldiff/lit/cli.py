@@ -99,6 +99,7 @@ class LdiffCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str] | None) -> None:
         imports.install()
+        shorten_known_subclasses()
         refuse_empty_configs(sys.argv[1:] if args is None else args)
         try:
             super().parse_arguments(parser, args)
@@ -138,6 +139,28 @@ class LdiffCLI(LightningCLI):
             return super().instantiate_trainer(plugins=[*plugins, SafeCheckpointIO()], **kwargs)
         except (TypeError, ValueError) as error:  # settings Lightning rejects: devices abc, ...
             raise UsageError(f"trainer: {one_line(error)}") from None
+
+
+def shorten_known_subclasses() -> None:
+    """``--help`` lists each class argument's "known subclasses"; for ``model.net`` (an
+    ``nn.Module``) that is every module torch, torchmetrics and the rest define, some
+    hundred lines. For such a list show ldiff's classes and the packages the user
+    allowed (:mod:`ldiff.imports`), and count the others (jsonargparse asks with
+    ``closed_types=False`` only for that list)."""
+    from jsonargparse import _typehints
+
+    original = getattr(_typehints.get_all_subclass_paths, "__wrapped__", _typehints.get_all_subclass_paths)
+    own = tuple(f"{root}." for root in imports.allowed_roots() if root not in ("torch", "lightning"))
+
+    def known(cls, include_abstract=False, closed_types=True):
+        paths = original(cls, include_abstract=include_abstract, closed_types=closed_types)
+        if closed_types is False and any(path.startswith("torch.nn.") for path in paths):
+            shown = [path for path in paths if path.startswith(own)]
+            paths = [*shown, f"and {len(paths) - len(shown)} classes of torch and other packages"]
+        return paths
+
+    known.__wrapped__ = original
+    _typehints.get_all_subclass_paths = known
 
 
 def refuse_empty_configs(args: Sequence[str]) -> None:

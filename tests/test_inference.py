@@ -70,29 +70,6 @@ def test_single_process_predict_writes_every_item_with_its_reconstruction(tmp_pa
     assert not list(tmp_path.glob(".*"))  # no shard or temporary file left
 
 
-@pytest.mark.slow
-def test_two_process_ddp_predict_equals_one_process_bitwise_with_the_same_metrics(tmp_path):
-    """7 items over 2 ranks (4 + 3, batches of 2: the ranks' batches differ from one
-    process's) with ddrm, which draws sampler noise at every step: each item exactly once,
-    the reconstructions bitwise equal, the metrics (reduced over both ranks) equal."""
-    ds = run_script(tmp_path / "two", items=7, devices=2)
-    single = run_script(tmp_path / "one", items=7, devices=1)
-    assert ds["item"].values.tolist() == list(range(7))
-    assert not list((tmp_path / "two").glob(".*"))  # no shard left behind
-    for name in ("recon", "truth", "observation", "regime"):
-        np.testing.assert_array_equal(ds[name].values, single[name].values, err_msg=name)
-    metrics = {k: v for k, v in ds.attrs.items() if k.startswith("metric_")}
-    assert metrics["metric_items"] == 7 and metrics["metric_balanced"] + metrics["metric_flat"] + metrics["metric_diverged"] == 14
-    for key, value in metrics.items():
-        assert value == pytest.approx(single.attrs[key], rel=1e-9, nan_ok=True), key
-    # what the module logged is the same on both runs, and equal to the file's metrics
-    logged, logged_single = logged_metrics(tmp_path / "two"), logged_metrics(tmp_path / "one")
-    assert logged.keys() == {key[len("metric_"):] for key in metrics}
-    for key, value in logged.items():
-        assert value == pytest.approx(logged_single[key], rel=1e-9, nan_ok=True), key
-        assert value == pytest.approx(float(metrics[f"metric_{key}"]), rel=1e-9, nan_ok=True), key
-
-
 BITWISE_CASES = {"dps-sum with one correction": ("dps-sum", 1), "ddrm": ("ddrm", 0)}
 
 
@@ -102,19 +79,32 @@ def test_reconstructions_are_bitwise_equal_whatever_the_batching_and_the_devices
     """Each item's K samples depend only on (seed, item, sample): 7 items in batches of
     1, 4 and 7 on one process, and in batches of 3 on 2 processes (ranks of 4 and 3
     items), give the same bits: initial noise, observation noise, Langevin noise (one
-    correction per step) and DDRM's transition noise."""
+    correction per step) and DDRM's transition noise. Each item is written once, no
+    shard is left, and the metrics (reduced over both ranks) and what the module logged
+    are those of one process."""
     strategy, corrections = BITWISE_CASES[case]
     script = runpy.run_path(str(SCRIPT))  # one process: in this one
     runs = {}
     for batch in (1, 4, 7):
-        script["main"](str(tmp_path / f"b{batch}.nc"), 7, 1, strategy, batch, corrections)
-        runs[f"batch {batch}"] = xr.load_dataset(tmp_path / f"b{batch}.nc", engine="h5netcdf")
-    runs["2 devices, batch 3"] = run_script(tmp_path / "ddp", 7, 2, strategy, 3, corrections)
+        (tmp_path / f"b{batch}").mkdir()
+        script["main"](str(tmp_path / f"b{batch}" / "recon.nc"), 7, 1, strategy, batch, corrections)
+        runs[f"batch {batch}"] = xr.load_dataset(tmp_path / f"b{batch}" / "recon.nc", engine="h5netcdf")
+    two = runs["2 devices, batch 3"] = run_script(tmp_path / "ddp", 7, 2, strategy, 3, corrections)
     reference = runs.pop("batch 1")
     assert np.isfinite(reference["recon"].values).all()
     for name, ds in runs.items():
-        for variable in ("recon", "observation"):
+        for variable in ("recon", "truth", "observation", "regime"):
             np.testing.assert_array_equal(ds[variable].values, reference[variable].values, err_msg=f"{name}: {variable}")
+    assert two["item"].values.tolist() == list(range(7)) and not list((tmp_path / "ddp").glob(".*"))
+    metrics = {k: v for k, v in two.attrs.items() if k.startswith("metric_")}
+    assert metrics["metric_items"] == 7 and metrics["metric_balanced"] + metrics["metric_flat"] + metrics["metric_diverged"] == 14
+    for key, value in metrics.items():
+        assert value == pytest.approx(reference.attrs[key], rel=1e-9, nan_ok=True), key
+    logged, logged_single = logged_metrics(tmp_path / "ddp"), logged_metrics(tmp_path / "b1")
+    assert logged.keys() == {key[len("metric_"):] for key in metrics}
+    for key, value in logged.items():
+        assert value == pytest.approx(logged_single[key], rel=1e-9, nan_ok=True), key
+        assert value == pytest.approx(float(metrics[f"metric_{key}"]), rel=1e-9, nan_ok=True), key
 
 
 def test_observation_noise_depends_only_on_seed_and_item():

@@ -29,9 +29,14 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse._SubPa
     data = subparsers.add_parser("data", help="generate or import fields into a store file")
     commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
 
-    ibpm = commands.add_parser("import-ibpm", help="read an IBPM run directory (ibpmNNNNN.plt, ibpm.cmd)")
+    ibpm = commands.add_parser(
+        "import-ibpm", help="read an IBPM run directory (<name>.cmd, <name>NNNNN.plt or .bin, its .geom as the mask)"
+    )
     ibpm.add_argument("directory", help="IBPM output directory")
-    ibpm.add_argument("--dt", type=float, help="solver time step (default: from ibpm.cmd)")
+    ibpm.add_argument("--dt", type=float, help="solver time step (default: from <name>.cmd)")
+    ibpm.add_argument("--name", help="run name (-name), when the directory holds several .cmd files")
+    ibpm.add_argument("--grid", type=int, help="grid level, 0 = finest (default 0; others need -tecplotallgrids 1)")
+    ibpm.add_argument("--restart", action="store_true", help="read the binary restart files <name>NNNNN.bin")
     _add_output(ibpm)
     ibpm.set_defaults(func=_import_ibpm)
 
@@ -68,7 +73,8 @@ def _add_output(parser: argparse.ArgumentParser) -> None:
 
 def _import_ibpm(args: argparse.Namespace) -> None:
     check_output(args.output, {"directory": args.directory})
-    print(save(read_ibpm_dir(args.directory, dt=args.dt), args.output))
+    source = "restart" if args.restart else "plt"
+    print(save(read_ibpm_dir(args.directory, dt=args.dt, name=args.name, grid=args.grid, source=source), args.output))
 
 
 def _import_sda(args: argparse.Namespace) -> None:

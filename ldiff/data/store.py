@@ -15,6 +15,20 @@ Layout (every generator and reader produces exactly this, checked by :func:`vali
 - attributes: ``flow`` (``kolmogorov``, ``cylinder``, ``grf``, ...), ``source``
   (solver or file it came from), ``dt``, ``dx``, ``dy``, ``periodic`` (1 or 0) and
   whatever physics and provenance the producer knows (``Re``, ``nu``, ``seed``, ...).
+  ``dt``, ``dx``, ``dy`` (and ``lx``, ``ly`` where recorded) are finite and positive.
+
+What makes a store that cannot lie (written by :func:`save`, checked by :func:`load`):
+
+- every variable is written chunked with HDF5's Fletcher-32 checksum filter
+  (``fletcher32``), one checksum per chunk, so a corrupted chunk fails when it is read,
+  named by file and variable, instead of loading as wrong numbers;
+- each data variable records ``stats_min``, ``stats_max``, ``stats_mean`` and
+  ``stats_std`` (float64, over all its values) at save time; :func:`load` recomputes them
+  and refuses a variable whose values no longer match (edited in place by a tool that
+  kept the checksums right, or written by code that copied stale attributes). The
+  tolerance, :data:`STATS_RTOL` of the variable's largest magnitude, covers the rounding
+  of float64 sums and nothing else. Stores written before these attributes existed
+  carry none and load unchecked.
 """
 
 from __future__ import annotations
@@ -30,6 +44,13 @@ from ldiff.files import atomic_write
 DIMS = ("trajectory", "time", "y", "x")
 VELOCITY = ("u", "v")
 REQUIRED_ATTRS = ("flow", "source", "dt", "dx", "dy", "periodic")
+POSITIVE_ATTRS = ("dt", "dx", "dy", "lx", "ly")
+"""Attributes that must be finite and positive (``lx``, ``ly`` only where present)."""
+STATS = ("min", "max", "mean", "std")
+STATS_RTOL = 1e-6
+"""Recorded and recomputed statistics agree to this fraction of max |value|."""
+CHUNK_BYTES = 4 * 2**20
+"""Largest chunk written (bytes): the leading axes are split until a chunk fits."""
 
 
 def make_dataset(
@@ -84,40 +105,127 @@ def validate(ds: xr.Dataset, path: str | os.PathLike) -> None:
     for key in REQUIRED_ATTRS:
         if key not in ds.attrs:
             raise ValueError(f"{path}: missing attribute '{key}'")
+    for key in POSITIVE_ATTRS:
+        if key in ds.attrs:
+            check_positive(ds.attrs[key], f"{path}: attribute '{key}'")
     for name in (*VELOCITY, "vorticity"):
         if name in ds and not np.isfinite(ds[name].values).all():
             bad = int((~np.isfinite(ds[name].values)).sum())
             raise ValueError(f"{path}: variable '{name}' holds {bad} NaN or Inf values")
 
 
+def check_positive(value, what: str) -> float:
+    """``value`` as a float; ``ValueError`` ``"<what> must be a finite positive number,
+    got <value>"`` for NaN, infinities, zero, negatives and non-numbers."""
+    try:
+        number = float(np.asarray(value).item())
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a finite positive number, got {value!r}") from None
+    if not (np.isfinite(number) and number > 0):
+        raise ValueError(f"{what} must be a finite positive number, got {number!r}")
+    return number
+
+
+def statistics(values: np.ndarray) -> dict[str, float]:
+    """``stats_min``, ``stats_max``, ``stats_mean``, ``stats_std`` of ``values`` in float64."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return {}
+    return {f"stats_{key}": float(getattr(np, key)(values)) for key in STATS}
+
+
+def check_statistics(ds: xr.Dataset, path: str | os.PathLike) -> None:
+    """Refuse a data variable whose recorded statistics (see the module docstring) do not
+    match its values; variables without recorded statistics pass."""
+    for name, variable in ds.data_vars.items():
+        recorded = {key: variable.attrs.get(f"stats_{key}") for key in STATS}
+        if any(value is None for value in recorded.values()) or variable.dtype.kind not in "fiu":
+            continue
+        found = statistics(variable.values)
+        if not found:
+            continue
+        scale = max(abs(found["stats_min"]), abs(found["stats_max"]), abs(float(recorded["min"])), abs(float(recorded["max"])))
+        tolerance = STATS_RTOL * scale + 1e-300
+        for key in STATS:
+            if not abs(found[f"stats_{key}"] - float(recorded[key])) <= tolerance:
+                raise ValueError(
+                    f"{path}: variable '{name}' does not match the statistics recorded when it was written "
+                    f"({key} {found[f'stats_{key}']:.9g}, recorded {float(recorded[key]):.9g}); the file was changed since"
+                )
+
+
 def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
-    """Validate ``ds`` and write it to ``path`` atomically (:func:`write_netcdf`)."""
+    """Validate ``ds`` and write it to ``path`` atomically (:func:`write_netcdf`), with
+    recorded statistics on each data variable and checksums on every variable."""
     validate(ds, path)
-    return write_netcdf(ds, path)
+    ds = ds.copy()
+    for name, variable in ds.data_vars.items():
+        attrs = {key: value for key, value in variable.attrs.items() if not key.startswith("stats_")}
+        if variable.dtype.kind in "fiu":
+            attrs.update(statistics(variable.values))
+        ds[name].attrs = attrs
+    return write_netcdf(ds, path, checksums=True)
 
 
-def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
+def checksum_encoding(ds: xr.Dataset) -> dict[str, dict]:
+    """h5netcdf encoding that writes every numeric variable chunked with Fletcher-32:
+    chunks of at most :data:`CHUNK_BYTES`, whole along the trailing axes (the leading
+    ones, trajectory first, are split until a chunk fits)."""
+    encoding = {}
+    for name, variable in ds.variables.items():
+        if variable.dtype.kind not in "fiu" or variable.ndim == 0 or 0 in variable.shape:
+            continue
+        chunks = list(variable.shape)
+        itemsize = variable.dtype.itemsize
+        for axis in range(variable.ndim - 1):  # shrink leading axes first
+            rest = int(np.prod(chunks[axis + 1:])) * itemsize
+            chunks[axis] = max(1, min(chunks[axis], CHUNK_BYTES // max(rest, 1)))
+        encoding[name] = {"fletcher32": True, "chunksizes": tuple(chunks)}
+    return encoding
+
+
+def write_netcdf(ds: xr.Dataset, path: str | os.PathLike, *, checksums: bool = False) -> Path:
     """Write any Dataset as NetCDF4 to a temporary name beside ``path``, then rename:
-    an interrupted write never leaves a half file at ``path``."""
-    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
+    an interrupted write never leaves a half file at ``path``. ``checksums`` writes every
+    numeric variable chunked with Fletcher-32 (:func:`checksum_encoding`)."""
+    if checksums:
+        ds = ds.copy()
+        for variable in ds.variables.values():
+            variable.encoding = {key: value for key, value in variable.encoding.items() if key not in ("chunksizes", "fletcher32", "contiguous", "chunks", "preferred_chunks")}
+        encoding = checksum_encoding(ds)
+    else:
+        encoding = None
+    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding))
 
 
 def load(path: str | os.PathLike) -> xr.Dataset:
     """Open a store file fully into memory and validate it.
 
+    Each variable is read on its own, so a chunk that fails its checksum (or cannot be
+    read for any other reason) is named with its variable.
+
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not a readable NetCDF4 store or breaks the layout.
+        ValueError: the file is not a readable NetCDF4 store, a variable cannot be read
+            (a corrupted chunk), the store breaks the layout, or a variable no longer
+            matches its recorded statistics.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        with xr.open_dataset(path, engine="h5netcdf") as ds:
-            ds = ds.load()
+        opened = xr.open_dataset(path, engine="h5netcdf")
     except Exception as error:  # h5py/h5netcdf raise many types for corrupt files
         raise ValueError(f"{path}: not a readable NetCDF4 file ({type(error).__name__}: {error})") from None
+    with opened as ds:
+        for name in ds.variables:
+            try:
+                ds[name].load()
+            except Exception as error:  # OSError from HDF5's filters for a failed checksum
+                raise ValueError(f"{path}: variable '{name}' cannot be read, its data are corrupt ({type(error).__name__}: {error})") from None
+        ds = ds.load()
     validate(ds, path)
+    check_statistics(ds, path)
     return ds
 
 

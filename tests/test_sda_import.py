@@ -8,12 +8,14 @@ vorticity is close to the analytic -Laplacian(psi). Stored [x, y] as SDA does
 with no layout in the right orientation.
 """
 
+import json
 import math
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 from test_bad_input import error_line, run
 
@@ -219,3 +221,26 @@ def test_merge_records_the_statistics_of_the_merged_values(store, tmp_path):
     values = merged["u"].values.astype(np.float64)
     assert merged["u"].attrs["stats_std"] == values.std() != first["u"].attrs["stats_std"]
     assert merged["u"].attrs["stats_mean"] == values.mean()
+
+
+# --- SDA's three files as the three splits ---------------------------------------------
+
+
+def test_three_sda_split_files_train_a_prior_with_the_normaliser_of_train_alone(tmp_path, capsys):
+    """SDA keeps ``train.h5``, ``valid.h5`` and ``test.h5``; given as ``data.path``
+    ``{train, val, test}``, each is read in its right orientation and ``ldiff fit``
+    trains on train, with the normaliser of train alone (val and test are scaled 3x and
+    10x and shifted: any of their frames in the statistics would show)."""
+    u, v, _, _ = flow()
+    files = {}
+    for name, file, scale, shift in (("train", "train.h5", 1.0, 0.0), ("val", "valid.h5", 3.0, 1.0), ("test", "test.h5", 10.0, -2.0)):
+        files[name] = str(write_h5(tmp_path / file, (scale * np.stack([u, v], axis=2) + shift).swapaxes(-1, -2)))
+    args = ["fit", "--config", str(ROOT / "configs" / "prior" / "grf-tiny.yaml"), "--data.path", json.dumps(files),
+            "--data.batch_size", "2", "--trainer.max_epochs", "1", "--trainer.logger", "false",
+            "--trainer.default_root_dir", str(tmp_path / "run")]  # fmt: skip
+    assert run(*args) == 0
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 1  # 2 train trajectories, one window each, batches of 2
+    expected = torch.tensor([[u.mean(), v.mean()], [u.std(), v.std()]], dtype=torch.float64)
+    got = torch.stack([checkpoint["normalizer"]["mean"], checkpoint["normalizer"]["std"]]).double()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

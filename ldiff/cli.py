@@ -48,10 +48,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 """The argparse sub-commands: (module, the hook that adds the parser, help line)."""
 
 OPTIONAL_DATA_COMMANDS = (
-    ("ldiff.data.kolmogorov", "add_kolmogorov_command"),
-    ("ldiff.data.cylinder", "add_cylinder_command"),
+    ("kolmogorov", "ldiff.data.kolmogorov", "add_kolmogorov_command", "Kolmogorov flow (torch-cfd's pseudo-spectral solver)"),
+    ("cylinder", "ldiff.data.cylinder", "add_cylinder_command", "cylinder wake (ldiff's projection solver)"),
 )
-"""Generators that add ``ldiff data`` sub-commands, wired when their module has the hook."""
+"""Generators that add ``ldiff data`` sub-commands (name, module, hook, help line), wired
+when their module has the hook; the module (torch and its solver) is imported only
+when its own sub-command runs or ``ldiff data --help`` lists them."""
 
 
 QUIET_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)",)
@@ -75,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run(args[0], None if argv is None else args)
         else:
-            namespace = build_parser(args[0] if args else None).parse_args(args)
+            namespace = build_parser(*(args + [None, None])[:2]).parse_args(args)
             namespace.func(namespace)
     except Exception as error:
         message = input_error(error)
@@ -114,9 +116,10 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{command}: {message}" if command else message)
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None, sub_command: str | None = None) -> argparse.ArgumentParser:
     """The ``argparse`` parser of the non-Lightning commands: the full parser of
-    ``command`` (its module imported), a one-line entry for each of the others."""
+    ``command`` (its module imported; for ``data``, of ``sub_command``), a one-line
+    entry for each of the others."""
     parser = _Parser(prog="ldiff", description="Diffusion priors for fluid fields and sparse reconstruction.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in LIGHTNING_COMMANDS:
@@ -125,18 +128,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if name != command:
             commands.add_parser(name, add_help=False, help=help)
         elif name == "data":
-            _add_data_commands(commands)
+            _add_data_commands(commands, sub_command)
         else:
             getattr(importlib.import_module(module), hook)(commands)
     return parser
 
 
-def _add_data_commands(commands: argparse._SubParsersAction) -> None:
+def _add_data_commands(commands: argparse._SubParsersAction, sub_command: str | None) -> None:
     from ldiff.data.commands import add_data_commands
 
     data_commands = add_data_commands(commands)
-    for module_name, hook in OPTIONAL_DATA_COMMANDS:
+    for name, module_name, hook, help in OPTIONAL_DATA_COMMANDS:
         if importlib.util.find_spec(module_name) is None:
+            continue
+        if sub_command != name:
+            data_commands.add_parser(name, add_help=False, help=help)
             continue
         add: Callable | None = getattr(importlib.import_module(module_name), hook, None)
         if add is not None:

@@ -11,16 +11,15 @@ import argparse
 import math
 import sys
 import warnings
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import xarray as xr
-
-from ldiff.data.arrays import read_arrays
-from ldiff.data.grf import generate_grf
-from ldiff.data.ibpm import read_ibpm_dir
-from ldiff.data.sda import TRANSPOSED, LayoutWarning, layout_report, read_sda_h5
-from ldiff.data.store import concat, save
 from ldiff.files import check_output
+
+# Each handler imports its reader when it runs: a parser costs no import of numpy,
+# xarray or torch (the SDA reader's vorticity uses torch), so `ldiff data grf` does not
+# pay for the SDA reader.
+if TYPE_CHECKING:
+    import xarray as xr
 
 
 def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
@@ -48,7 +47,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse._SubPa
 
     sda = commands.add_parser("import-sda", help="read dataset 'x' of an SDA HDF5 file")
     sda.add_argument("file", help="HDF5 file")
-    sda.add_argument("--layout", default=None, help=f"axis letters of 'x' (default: N,T,C then the spatial order the divergence picks; {TRANSPOSED} for SDA's own files)")
+    sda.add_argument("--layout", default=None, help="axis letters of 'x' (default: N,T,C then the spatial order the divergence picks; N,T,C,W,H for SDA's own files)")
     sda.add_argument("--dt", type=float, default=0.2, help="time between frames (default 0.2)")
     sda.add_argument("--lx", type=float, default=2 * math.pi, help="domain length along W (default 2 pi)")
     sda.add_argument("--ly", type=float, default=2 * math.pi, help="domain length along H (default 2 pi)")
@@ -92,12 +91,18 @@ def _add_output(parser: argparse.ArgumentParser) -> None:
 
 
 def _import_ibpm(args: argparse.Namespace) -> None:
+    from ldiff.data.ibpm import read_ibpm_dir
+    from ldiff.data.store import save
+
     check_output(args.output, {"directory": args.directory})
     source = "restart" if args.restart else "plt"
     print(save(read_ibpm_dir(args.directory, dt=args.dt, name=args.name, grid=args.grid, source=source), args.output))
 
 
 def _import_sda(args: argparse.Namespace) -> None:
+    from ldiff.data.sda import layout_report, read_sda_h5
+    from ldiff.data.store import save
+
     check_output(args.output, {"file": args.file})
     ds = _reporting_layout_warnings(lambda: read_sda_h5(args.file, args.layout, dt=args.dt, lx=args.lx, ly=args.ly, periodic=args.periodic))
     print(f"{args.file}: {layout_report(ds)}")
@@ -105,6 +110,9 @@ def _import_sda(args: argparse.Namespace) -> None:
 
 
 def _import_arrays(args: argparse.Namespace) -> None:
+    from ldiff.data.arrays import read_arrays
+    from ldiff.data.store import save
+
     check_output(args.output, {"file": args.file})
     ds = _reporting_layout_warnings(lambda: read_arrays(
         args.file, x0=args.x0, y0=args.y0, dx=args.dx, dy=args.dy, dt=args.dt,
@@ -113,9 +121,11 @@ def _import_arrays(args: argparse.Namespace) -> None:
     print(save(ds, args.output))
 
 
-def _reporting_layout_warnings(read: Callable[[], xr.Dataset]) -> xr.Dataset:
-    """``read()``, each :class:`LayoutWarning` it raises printed as one line
-    ``ldiff: warning: <message>`` on stderr; other warnings pass on unchanged."""
+def _reporting_layout_warnings(read: Callable[[], "xr.Dataset"]) -> "xr.Dataset":
+    """``read()``, each :class:`~ldiff.data.sda.LayoutWarning` it raises printed as one
+    line ``ldiff: warning: <message>`` on stderr; other warnings pass on unchanged."""
+    from ldiff.data.sda import LayoutWarning
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LayoutWarning)
         ds = read()
@@ -128,6 +138,9 @@ def _reporting_layout_warnings(read: Callable[[], xr.Dataset]) -> xr.Dataset:
 
 
 def _grf(args: argparse.Namespace) -> None:
+    from ldiff.data.grf import generate_grf
+    from ldiff.data.store import save
+
     check_output(args.output)
     for flag, value in (("--alpha", args.alpha), ("--rho", args.rho)):
         if not math.isfinite(value):
@@ -137,5 +150,7 @@ def _grf(args: argparse.Namespace) -> None:
 
 
 def _merge(args: argparse.Namespace) -> None:
+    from ldiff.data.store import concat, save
+
     check_output(args.output, {f"file {i + 1}": path for i, path in enumerate(args.files)})
     print(save(concat(args.files), args.output))

@@ -46,6 +46,16 @@ Energy spectrum
     field (cylinder wake) it is a spectrum of the periodic extension, useful to compare
     two fields on the same grid, not a physical spectrum.
 
+Dominant frequency
+    :func:`peak_frequency` of series sampled :math:`\Delta t` apart: the peak of the
+    Hann-windowed periodogram of each mean-removed series, the periodograms summed over
+    the series (several probes of one window share one frequency), zero-padded to 16
+    times the length, refined by a parabola through the log power of the peak bin and
+    its neighbours. :func:`wake_strouhal` applies it to the transverse velocity ``v`` of
+    a window of a cylinder wake at probes on the wake's centre line,
+    :math:`St = f D / U` (Williamson 1996, "Vortex dynamics in the cylinder wake",
+    Annu. Rev. Fluid Mech. 28).
+
 References:
     Pope, "Turbulent Flows", Cambridge University Press 2000, sec. 6.5 (energy spectrum).
     Canuto, Hussaini, Quarteroni & Zang, "Spectral Methods", Springer 2006, sec. 2.1
@@ -125,6 +135,56 @@ def energy_spectrum(fields: Tensor, dx: float, dy: float) -> tuple[Tensor, Tenso
     spectrum = density.new_zeros((*density.shape[:-1], n_shells)).index_add_(-1, shell, density)
     k = dk * torch.arange(n_shells, dtype=fields.dtype, device=fields.device)
     return k, spectrum
+
+
+PAD = 16
+"""Zero-padding factor of :func:`peak_frequency`'s periodogram."""
+
+
+def peak_frequency(signals: Tensor, dt: float, min_periods: float = 2.0) -> Tensor:
+    """The dominant frequency (cycles per unit time) of ``signals``, shape (..., T) or
+    (B, P, T) for B windows of P probes each: one frequency per leading index but the
+    last two (a scalar for (P, T) or (T,)); see the module docstring.
+
+    Raises:
+        ValueError: fewer than 8 samples, or a peak with fewer than ``min_periods``
+            periods in the series (too slow to be resolved).
+    """
+    if signals.shape[-1] < 8:
+        raise ValueError(f"signals: need at least 8 samples per series, got shape {tuple(signals.shape)}")
+    series = signals.double() if signals.dim() > 1 else signals.double()[None]
+    n = series.shape[-1]
+    window = torch.hann_window(n, periodic=False, dtype=series.dtype, device=series.device)
+    power = torch.fft.rfft((series - series.mean(-1, keepdim=True)) * window, PAD * n).abs().square().sum(-2)
+    peak = power[..., 1:-1].argmax(-1) + 1
+    if (peak < min_periods * PAD).any():
+        raise ValueError(f"signals: the peak frequency spans fewer than {min_periods:g} periods of {n} samples")
+    a, b, c = (torch.log(power.gather(-1, (peak + k)[..., None]).squeeze(-1) + 1e-300) for k in (-1, 0, 1))
+    offset = 0.5 * (a - c) / (a - 2.0 * b + c)
+    return (peak + offset) / (PAD * n * dt)
+
+
+def wake_strouhal(
+    fields: Tensor, dt: float, x: Tensor, y: Tensor, diameter: float = 1.0, U: float = 1.0, center: tuple[float, float] = (0.0, 0.0)
+) -> Tensor:
+    """Strouhal number :math:`f D / U` of windows of a cylinder wake: the dominant
+    frequency of ``v`` at the nodes of the row nearest the wake's centre line
+    (``y = center[1]``) from 2 to 8 diameters behind the cylinder.
+
+    Args:
+        fields: windows (B, 2T, H, W), frames ``dt`` apart.
+        x, y: node coordinates, shapes (W,) and (H,).
+
+    Returns:
+        (B,) Strouhal numbers.
+    """
+    _, v = velocity(fields)  # (B, T, H, W)
+    row = int((y - center[1]).abs().argmin())
+    probes = ((x - center[0]) >= 2 * diameter) & ((x - center[0]) <= 8 * diameter)
+    if not probes.any():
+        raise ValueError("wake_strouhal: the grid has no node 2 to 8 diameters behind the cylinder")
+    series = v[:, :, row, :][..., probes.to(v.device)].transpose(1, 2)  # (B, P, T)
+    return peak_frequency(series, dt) * diameter / U
 
 
 def _power(f: Tensor) -> Tensor:

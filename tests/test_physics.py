@@ -124,3 +124,24 @@ def test_fields_without_velocity_pairs_are_rejected():
         vorticity(torch.zeros(1, 3, 4, 4), 1.0, 1.0, periodic=True)
     with pytest.raises(ValueError, match="fields"):
         divergence(torch.zeros(1, 2, 2, 4), 1.0, 1.0, periodic=False)
+
+
+def test_wake_strouhal_recovers_the_frequency_of_a_travelling_wave_from_a_16_frame_window():
+    """v = sin(2 pi (f t - x / lambda)) on a wake grid, 16 frames 1.0 apart (2.4 to 3.2
+    periods): each window's Strouhal number is its own f D / U, within 0.5 %, whatever
+    the phase; u does not enter."""
+    from ldiff.physics import wake_strouhal
+
+    x, y = torch.linspace(-4, 12, 199, dtype=torch.float64), torch.linspace(-4, 4, 99, dtype=torch.float64)
+    t = torch.arange(16, dtype=torch.float64)
+    frequencies = torch.tensor([0.15, 0.1818, 0.2], dtype=torch.float64)
+
+    def windows(dt: float) -> torch.Tensor:
+        wave = torch.sin(2 * math.pi * (frequencies[:, None, None] * dt * t[None, :, None] - x[None, None, :] / 4.8 + 0.3))
+        v = wave[:, :, None, :] * torch.exp(-y[None, None, :, None].square())  # (B, T, H, W)
+        return torch.stack([torch.randn_like(v), v], dim=2).flatten(1, 2)  # (B, 2T, H, W), frame-major
+
+    torch.testing.assert_close(wake_strouhal(windows(1.0), 1.0, x, y), frequencies, rtol=5e-3, atol=0)
+    torch.testing.assert_close(wake_strouhal(windows(1.0), 1.0, x, y, diameter=2.0, U=0.5), 4 * frequencies, rtol=5e-3, atol=0)
+    with pytest.raises(ValueError, match="fewer than 2 periods"):
+        wake_strouhal(windows(0.5), 0.5, x, y)  # 8 time units: 1.2 to 1.6 periods

@@ -48,10 +48,12 @@ import sys
 from typing import Callable
 
 import numpy as np
+import torch
 import xarray as xr
 
 from ldiff.data.cylinder_solver import CylinderSolver, Flow, make_grid, node_fields
 from ldiff.data.store import make_dataset, save
+from ldiff.physics import peak_frequency
 
 BOUNDARY_CONDITIONS = (
     "inflow x=x0: u=U, v=0; outflow x=x1: convective du/dt+U du/dx=0 (flux-corrected), dv/dx=0; "
@@ -62,9 +64,9 @@ BOUNDARY_CONDITIONS = (
 def strouhal_number(signal: np.ndarray, dt: float, diameter: float = 1.0, U: float = 1.0) -> float:
     r"""Strouhal number :math:`St = f D / U` of the dominant frequency of ``signal``.
 
-    The frequency is the peak of the Hann-windowed periodogram of the mean-removed signal,
-    zero-padded to 16 times its length, refined by a parabola through the log-magnitudes
-    of the peak and its two neighbours.
+    The frequency is :func:`ldiff.physics.peak_frequency`'s: the peak of the
+    Hann-windowed periodogram of the mean-removed signal, zero-padded to 16 times its
+    length, refined by a parabola through the log power of the peak and its neighbours.
 
     Args:
         signal: samples at spacing ``dt``, shape (T,): a lift coefficient or a wake probe.
@@ -77,14 +79,7 @@ def strouhal_number(signal: np.ndarray, dt: float, diameter: float = 1.0, U: flo
     signal = np.asarray(signal, dtype=np.float64)
     if signal.ndim != 1 or signal.size < 8:
         raise ValueError(f"signal: need a 1-D series of at least 8 samples, got shape {signal.shape}")
-    n_fft = 16 * signal.size
-    spectrum = np.abs(np.fft.rfft((signal - signal.mean()) * np.hanning(signal.size), n_fft))
-    peak = int(np.argmax(spectrum[1:-1])) + 1
-    if peak < 2 * n_fft / signal.size:
-        raise ValueError(f"signal: its peak frequency spans fewer than two periods of {signal.size} samples")
-    a, b, c = np.log(spectrum[peak - 1 : peak + 2] + 1e-300)
-    offset = 0.5 * (a - c) / (a - 2.0 * b + c)
-    return float((peak + offset) / (n_fft * dt) * diameter / U)
+    return float(peak_frequency(torch.from_numpy(signal), dt)) * diameter / U
 
 
 def solver_time_step(spacing: float, Re: float, diameter: float, dt_frame: float) -> float:

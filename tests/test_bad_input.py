@@ -513,6 +513,9 @@ ONE_LINE_CASES = {
     "an IBPM .cmd with -dt abc": (
         lambda f, t: ["data", "import-ibpm", str(write_run(t / "run", cmd="ibpm -nx 8 -ny 4 -dt abc -tecplot 4\n")), "-o", str(t / "i.nc")],
         "{tmp}/run/ibpm.cmd: option -dt has value 'abc', expected float"),
+    "import-ibpm --dt nan": (
+        lambda f, t: ["data", "import-ibpm", str(write_run(t / "run")), "--dt", "nan", "-o", str(t / "i.nc")],
+        "{tmp}/run: dt must be a finite positive number, got nan"),
     "an empty fit config": (
         lambda f, t: ["fit", "--config", str(write_text(t / "empty.yaml", ""))],
         "{tmp}/empty.yaml: a config must be a mapping of keys (trainer, model, data, ...); it is empty"),

@@ -67,7 +67,7 @@ import numpy as np
 import xarray as xr
 
 from ldiff.data.ibpm_geom import body_mask, locate, read_geom
-from ldiff.data.store import make_dataset
+from ldiff.data.store import check_positive, make_dataset
 
 PLT_VARIABLES = ("x", "y", "u", "v", "Vorticity")
 HEADER_LINES = 6
@@ -259,7 +259,8 @@ def read_ibpm_dir(
     base = Path(options["name"]).name if options is not None else (name or IBPM_DEFAULTS["name"])
     if dt is None and options is None:
         raise ValueError(f"{directory}: no {base}.cmd to read the time step from; give dt")
-    dt_solver = float(dt if dt is not None else options["dt"])
+    where = f"{directory}: dt" if dt is not None else f"{cmd_path}: -dt"
+    dt_solver = check_positive(dt if dt is not None else options["dt"], where)
     level, suffix = _level_and_suffix(directory, base, cmd_path, options, grid, source)
     steps, files = _list_steps(directory, base, suffix)
 

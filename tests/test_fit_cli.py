@@ -112,6 +112,10 @@ def test_a_fresh_fit_into_a_used_root_is_refused_and_resuming_there_keeps_last_c
     assert run("fit", *fit_args(data, tmp_path, "--trainer.max_epochs", "3", "--ckpt_path", "last")) == 0
     assert sorted(os.listdir(ckpts)) == ["epoch=0-step=3.ckpt", "epoch=1-step=6.ckpt", "epoch=2-step=9.ckpt", "last.ckpt"]
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 3 * STEPS_PER_EPOCH
+    # SLURM's requeue checkpoint sits beside checkpoints/ (configs/slurm/fit.sbatch resumes from it)
+    shutil.copy(ckpts / "last.ckpt", tmp_path / "hpc_ckpt_1.ckpt")
+    assert run("fit", *fit_args(data, tmp_path, "--trainer.max_epochs", "4", "--ckpt_path", str(tmp_path / "hpc_ckpt_1.ckpt"))) == 0
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 4 * STEPS_PER_EPOCH
 
 
 def test_validate_reproduces_the_logged_validation_loss(fitted, tmp_path):

@@ -181,15 +181,13 @@ def refuse_empty_configs(args: Sequence[str]) -> None:
 
 
 def refuse_used_root(directory: Path, ckpt_path: str | None) -> None:
-    """A fit that does not resume from ``directory`` must not write into it when it holds
-    an earlier run's checkpoints: its files would be versioned (``last-v1.ckpt``) beside
-    the old ``last.ckpt``, which the README's resume and predict commands would then
-    still read."""
+    """A fit that resumes nothing must not write into ``directory`` when it holds an
+    earlier run's checkpoints: its files would mix with the old ones, and ``last.ckpt``,
+    which the README's resume and predict commands read, would be the old run's until
+    the first save. A resume (any ``--ckpt_path``: ``last``, a file of this root, SLURM's
+    ``hpc_ckpt_*.ckpt``) writes there in place."""
     held = sorted(path.name for path in directory.glob("*.ckpt")) if directory.is_dir() else []
-    if not held:
-        return
-    resumes_here = ckpt_path in ("last", "hpc") or (ckpt_path and Path(ckpt_path).resolve().parent == directory.resolve())
-    if not resumes_here:
+    if held and not ckpt_path:
         name = "last.ckpt" if "last.ckpt" in held else held[0]
         raise UsageError(
             f"{directory}: holds the checkpoints of an earlier run ({name}); resume it with "

@@ -49,6 +49,7 @@ from ldiff.metrics import (
     ResidualRatio,
     SpectrumLogError,
     SpreadSkill,
+    StrouhalError,
     VorticityError,
 )
 from ldiff.observe import Operator
@@ -69,6 +70,10 @@ class ReconstructionMetrics(nn.Module):
         op, std: the operator and noise std (normalised units) of the observations.
         dx, dy, periodic: the grid, for vorticity and spectra (physical units).
         scale: (2,) physical std of (u, v), so vorticity is in physical units.
+        wake: for windows of a cylinder wake (T >= 8 frames), the arguments of
+            :class:`~ldiff.metrics.StrouhalError` (``dt``, ``x``, ``y``, ``diameter``,
+            ``center``): adds ``strouhal``, ``strouhal_truth``, ``strouhal_error`` and
+            ``strouhal_unresolved`` per sample.
 
     ``update(recon, truth, y, codes)`` with ``recon`` (B, K, C, H, W) and ``truth``
     (B, C, H, W) in normalised units, ``y`` (B, *obs_shape), ``codes`` (B, K) regime
@@ -76,8 +81,9 @@ class ReconstructionMetrics(nn.Module):
     rank calls it).
     """
 
-    def __init__(self, op: Operator, std: float, dx: float, dy: float, periodic: bool, scale: Tensor | None = None):
+    def __init__(self, op: Operator, std: float, dx: float, dy: float, periodic: bool, scale: Tensor | None = None, wake: dict | None = None):
         super().__init__()
+        self.strouhal = None if wake is None else StrouhalError(**wake)
         self.op, self.std = op, std
         self.regimes = RegimeCount()
         self.items = SumMetric()
@@ -104,7 +110,7 @@ class ReconstructionMetrics(nn.Module):
         self.items.update(torch.tensor(float(b)))
         self.n_obs.update(torch.tensor(float(y[0].numel())))
         self.samples.update(torch.tensor(float(k)))
-        for metric in (self.rmse, self.vorticity, self.spectrum, self.energy):
+        for metric in (self.rmse, self.vorticity, self.spectrum, self.energy, *([self.strouhal] if self.strouhal else [])):
             metric.update(flat, truth_k, valid)
         self.residual.update(self.op(flat).flatten(1), y.repeat_interleave(k, dim=0).flatten(1), self.std, valid)
 
@@ -124,8 +130,10 @@ class ReconstructionMetrics(nn.Module):
         counts = {name: int(value) for name, value in self.regimes.compute().items()}
         k = _count(self.samples.compute())
         out: dict[str, float] = {"items": int(self.items.compute()), "samples": k, "n_obs": _count(self.n_obs.compute())}
-        for metric in (self.rmse, self.vorticity, self.spectrum, self.energy, self.residual):
+        for metric in (self.rmse, self.vorticity, self.spectrum, self.energy, self.residual, *([self.strouhal] if self.strouhal else [])):
             out.update({key: _value(value) for key, value in metric.compute().items() if key != "excluded"})
+        if self.strouhal is not None:
+            out["strouhal_unresolved"] = int(out["strouhal_unresolved"])
         out["rmse_mean"] = _value(self.rmse_mean.compute()["rmse"])
         vorticity_mean = self.vorticity_mean.compute()
         out["vorticity_corr_mean"] = _value(vorticity_mean["vorticity_corr"])

@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from ldiff.physics import energy_spectrum, shell_width, vorticity
+from ldiff.physics import energy_spectrum, shell_width, vorticity, wake_strouhal
 
 BALANCED, FLAT, DIVERGED = 0, 1, 2
 REGIMES = ("balanced", "flat", "diverged")  # REGIMES[code] is the name of a regime code
@@ -388,6 +389,55 @@ class EnergyRatio(FieldMetric):
 
     def compute(self) -> dict[str, Tensor]:
         return {"energy_ratio": self.sum_ratio / self.count, "excluded": self.excluded}
+
+
+class StrouhalError(FieldMetric):
+    r"""The shedding frequency of cylinder-wake windows against the truth's: the Strouhal
+    number :math:`St` of each window (:func:`ldiff.physics.wake_strouhal`: the dominant
+    frequency of ``v`` on the wake's centre line, 2 to 8 diameters downstream).
+
+    ``strouhal`` and ``strouhal_truth`` (means over the scored samples), and
+    ``strouhal_error``, the mean of :math:`|St - St_{true}| / St_{true}`; a sample whose
+    window has no resolvable peak (fewer than two periods: a flat reconstruction) is not
+    scored but counted in ``strouhal_unresolved``. ``update(x, truth, valid=None)`` with
+    windows (B, 2T, H, W), frames ``dt`` apart, T >= 8.
+
+    Args:
+        dt: time between frames.
+        x, y: node coordinates, (W,) and (H,).
+        diameter, center: the cylinder's diameter and centre.
+    """
+
+    def __init__(self, dt: float, x: Tensor, y: Tensor, diameter: float = 1.0, center: tuple[float, float] = (0.0, 0.0)):
+        super().__init__()
+        self.dt, self.diameter, self.center = dt, diameter, tuple(center)
+        self.x, self.y = (torch.as_tensor(np.array(coordinate, dtype=np.float64)) for coordinate in (x, y))
+        for name in ("sum_st", "sum_truth", "sum_error", "count", "unresolved"):
+            self._sum_state(name)
+
+    def update(self, x: Tensor, truth: Tensor, valid: Tensor | None = None) -> None:
+        _check_pair(x, truth)
+        keep = self._keep(valid, x)
+        if not keep.any():
+            return
+        args = (self.dt, self.x, self.y, self.diameter, 1.0, self.center)
+        st = wake_strouhal(x[keep].double(), *args, strict=False)
+        st_true = wake_strouhal(truth[keep].double(), *args, strict=False)
+        scored = st.isfinite() & st_true.isfinite()
+        self.unresolved += (~scored).sum()
+        self.sum_st += st[scored].sum()
+        self.sum_truth += st_true[scored].sum()
+        self.sum_error += ((st - st_true).abs() / st_true)[scored].sum()
+        self.count += scored.sum()
+
+    def compute(self) -> dict[str, Tensor]:
+        return {
+            "strouhal": self.sum_st / self.count,
+            "strouhal_truth": self.sum_truth / self.count,
+            "strouhal_error": self.sum_error / self.count,
+            "strouhal_unresolved": self.unresolved,
+            "excluded": self.excluded,
+        }
 
 
 def _check_ensemble(samples: Tensor, truth: Tensor) -> None:

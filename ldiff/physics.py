@@ -141,14 +141,16 @@ PAD = 16
 """Zero-padding factor of :func:`peak_frequency`'s periodogram."""
 
 
-def peak_frequency(signals: Tensor, dt: float, min_periods: float = 2.0) -> Tensor:
+def peak_frequency(signals: Tensor, dt: float, min_periods: float = 2.0, strict: bool = True) -> Tensor:
     """The dominant frequency (cycles per unit time) of ``signals``, shape (..., T) or
     (B, P, T) for B windows of P probes each: one frequency per leading index but the
     last two (a scalar for (P, T) or (T,)); see the module docstring.
 
+    A peak with fewer than ``min_periods`` periods in the series is too slow to be
+    resolved: a ``ValueError`` if ``strict``, else NaN for that series.
+
     Raises:
-        ValueError: fewer than 8 samples, or a peak with fewer than ``min_periods``
-            periods in the series (too slow to be resolved).
+        ValueError: fewer than 8 samples; an unresolved peak when ``strict``.
     """
     if signals.shape[-1] < 8:
         raise ValueError(f"signals: need at least 8 samples per series, got shape {tuple(signals.shape)}")
@@ -157,15 +159,17 @@ def peak_frequency(signals: Tensor, dt: float, min_periods: float = 2.0) -> Tens
     window = torch.hann_window(n, periodic=False, dtype=series.dtype, device=series.device)
     power = torch.fft.rfft((series - series.mean(-1, keepdim=True)) * window, PAD * n).abs().square().sum(-2)
     peak = power[..., 1:-1].argmax(-1) + 1
-    if (peak < min_periods * PAD).any():
+    unresolved = peak < min_periods * PAD
+    if strict and unresolved.any():
         raise ValueError(f"signals: the peak frequency spans fewer than {min_periods:g} periods of {n} samples")
     a, b, c = (torch.log(power.gather(-1, (peak + k)[..., None]).squeeze(-1) + 1e-300) for k in (-1, 0, 1))
     offset = 0.5 * (a - c) / (a - 2.0 * b + c)
-    return (peak + offset) / (PAD * n * dt)
+    return torch.where(unresolved, torch.nan, (peak + offset) / (PAD * n * dt))
 
 
 def wake_strouhal(
-    fields: Tensor, dt: float, x: Tensor, y: Tensor, diameter: float = 1.0, U: float = 1.0, center: tuple[float, float] = (0.0, 0.0)
+    fields: Tensor, dt: float, x: Tensor, y: Tensor, diameter: float = 1.0, U: float = 1.0,
+    center: tuple[float, float] = (0.0, 0.0), strict: bool = True,
 ) -> Tensor:
     """Strouhal number :math:`f D / U` of windows of a cylinder wake: the dominant
     frequency of ``v`` at the nodes of the row nearest the wake's centre line
@@ -176,7 +180,8 @@ def wake_strouhal(
         x, y: node coordinates, shapes (W,) and (H,).
 
     Returns:
-        (B,) Strouhal numbers.
+        (B,) Strouhal numbers (NaN for a window whose peak is unresolved, unless
+        ``strict``: see :func:`peak_frequency`).
     """
     _, v = velocity(fields)  # (B, T, H, W)
     row = int((y - center[1]).abs().argmin())
@@ -184,7 +189,7 @@ def wake_strouhal(
     if not probes.any():
         raise ValueError("wake_strouhal: the grid has no node 2 to 8 diameters behind the cylinder")
     series = v[:, :, row, :][..., probes.to(v.device)].transpose(1, 2)  # (B, P, T)
-    return peak_frequency(series, dt) * diameter / U
+    return peak_frequency(series, dt, strict=strict) * diameter / U
 
 
 def _power(f: Tensor) -> Tensor:

@@ -277,3 +277,34 @@ def test_a_batch_with_every_sample_excluded_only_counts_them():
         result = metric.compute()
         assert int(result["excluded"]) == 2
         assert all(torch.isnan(v) for k, v in result.items() if k != "excluded")
+
+
+def wake_windows(frequencies, x, y, frames=16, dt=1.0):
+    """Windows (B, 2T, H, W): v a wave of each frequency travelling downstream, u noise."""
+    t = dt * torch.arange(frames, dtype=torch.float64)
+    f = torch.as_tensor(frequencies, dtype=torch.float64)
+    wave = torch.sin(2 * math.pi * (f[:, None, None] * t[None, :, None] - x[None, None, :] / 4.8))
+    v = wave[:, :, None, :] * torch.exp(-y[None, None, :, None].square())
+    return torch.stack([torch.randn_like(v), v], dim=2).flatten(1, 2)
+
+
+def test_strouhal_error_scores_each_sample_against_its_truth_and_counts_flat_windows():
+    from ldiff.evaluate import ReconstructionMetrics
+    from ldiff.metrics import DIVERGED
+    from ldiff.observe import Subsample
+
+    torch.manual_seed(0)
+    x, y = torch.linspace(-4, 12, 81, dtype=torch.float64), torch.linspace(-4, 4, 33, dtype=torch.float64)
+    truth = wake_windows([0.18, 0.18], x, y)
+    # item 0: the truth and a window 10 % faster; item 1: a flat window and a diverged one
+    recon = torch.stack([wake_windows([0.18, 0.198], x, y), torch.stack([torch.zeros_like(truth[1]), truth[1]])])
+    codes = torch.tensor([[0, 0], [0, DIVERGED]])
+    wake = {"dt": 1.0, "x": x, "y": y, "diameter": 1.0, "center": (0.0, 0.0)}
+    metrics = ReconstructionMetrics(Subsample(4), 0.1, float(x[1] - x[0]), float(y[1] - y[0]), False, wake=wake)
+    metrics.update(recon.float(), truth.float(), Subsample(4)(truth.float()), codes)
+    out = metrics.compute()
+    assert out["strouhal_unresolved"] == 1  # the flat window; the diverged one is not scored at all
+    assert out["strouhal_truth"] == pytest.approx(0.18, rel=5e-3)
+    assert out["strouhal"] == pytest.approx((0.18 + 0.198) / 2, rel=5e-3)
+    assert out["strouhal_error"] == pytest.approx(0.05, abs=5e-3)  # (0 + 0.1) / 2
+    assert "strouhal" not in ReconstructionMetrics(Subsample(4), 0.1, 0.2, 0.25, False).compute()

@@ -202,9 +202,25 @@ class InferenceModule(L.LightningModule):
     def on_predict_epoch_start(self) -> None:
         """Fresh metrics for the epoch (on every rank, whether it gets batches or not)."""
         scale = None if self.normalizer_state is None else torch.as_tensor(self.normalizer_state["std"], dtype=torch.float64)
-        self.metrics = None if self.grid is None else ReconstructionMetrics(self.operator, self.std, *self.grid, scale=scale).to(self.device)
+        self.metrics = None if self.grid is None else ReconstructionMetrics(self.operator, self.std, *self.grid, scale=scale, wake=self._wake()).to(self.device)
         self.series.reset()
         self.example, self._results = None, None
+
+    WAKE_FRAMES = 8
+    """Frames a cylinder-wake window needs for its Strouhal number to be scored."""
+
+    def _wake(self) -> dict | None:
+        """The Strouhal metric's arguments for windows of a cylinder wake (the data's
+        ``flow`` attribute, at least :data:`WAKE_FRAMES` frames), else None."""
+        attrs = getattr(getattr(self.trainer, "datamodule", None), "attrs", None) or {}
+        frames = self.field_shape[0] // 2 if self.field_shape else 0
+        if attrs.get("flow") != "cylinder" or frames < self.WAKE_FRAMES or not {"x", "y"} <= set(self.coords):
+            return None
+        return {
+            "dt": float(attrs["dt"]), "x": self.coords["x"].values, "y": self.coords["y"].values,
+            "diameter": 2 * float(attrs.get("cylinder_radius", 0.5)),
+            "center": (float(attrs.get("cylinder_x", 0.0)), float(attrs.get("cylinder_y", 0.0))),
+        }  # fmt: skip
 
     def sampler(self) -> PredictorCorrector:
         return PredictorCorrector(self.schedule, self.steps, self.corrections, self.tau)

@@ -44,6 +44,13 @@ class Operator:
     def check(self, field_shape: Sequence[int]) -> None:
         """Raise ``ValueError`` if the operator cannot act on fields of shape (C, H, W)."""
 
+    def bind(self, x: Tensor, y: Tensor, fluid: Tensor | None = None) -> None:
+        """Learn the data's grid: node coordinates ``x`` (W,) and ``y`` (H,) in physical
+        units, and the fluid mask (H, W), True in the fluid, or None without a body. The
+        :class:`~ldiff.lit.inference.InferenceModule` calls it in ``setup``; operators
+        placed in physical space (:class:`RandomSensors`, :class:`Rakes`) build their
+        nodes here, the others ignore it."""
+
     def n_obs(self, field_shape: Sequence[int]) -> int:
         """Number of observations per sample for fields of shape (C, H, W)."""
         self.check(field_shape)
@@ -166,6 +173,70 @@ class Pixels(Operator):
 
     def __repr__(self) -> str:
         return f"Pixels(points={self.points}, grid={tuple(self._mask.shape)})"
+
+
+class _GridSensors(Pixels):
+    """Point sensors whose nodes are chosen when the operator is bound to the data's grid
+    (:meth:`Operator.bind`), so a config can name them by fraction or by position."""
+
+    def __init__(self) -> None:
+        self._mask = None
+
+    def _place(self, x: Tensor, y: Tensor, fluid: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def bind(self, x: Tensor, y: Tensor, fluid: Tensor | None = None) -> None:
+        mask = self._place(torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64), fluid)
+        if not mask.any():
+            raise ValueError(f"{self!r} places no sensor on the grid ({len(y)} x {len(x)} nodes)")
+        Pixels.__init__(self, mask)
+
+    def check(self, field_shape: Sequence[int]) -> None:
+        if self._mask is None:
+            raise ValueError(f"{type(self).__name__}: its sensors are placed on the data's grid; run it through the InferenceModule (ldiff predict, compare) or call bind(x, y, fluid)")
+        super().check(field_shape)
+
+    def __repr__(self) -> str:
+        return Operator.__repr__(self)
+
+
+class RandomSensors(_GridSensors):
+    """A uniformly random ``fraction`` of the grid's nodes, drawn from ``seed`` when bound;
+    with ``fluid_only`` (the default) only nodes in the fluid, where the data have a body
+    mask (the user's "random fluid-only masks")."""
+
+    def __init__(self, fraction: float, seed: int = 0, fluid_only: bool = True):
+        super().__init__()
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"RandomSensors: fraction must lie in (0, 1], got {fraction}")
+        self.fraction, self.seed, self.fluid_only = fraction, seed, fluid_only
+
+    def _place(self, x: Tensor, y: Tensor, fluid: Tensor | None) -> Tensor:
+        return Pixels.random((len(y), len(x)), self.fraction, self.seed, fluid if self.fluid_only else None)._mask
+
+
+class Rakes(_GridSensors):
+    """Rakes of point sensors: vertical lines at ``x`` positions (physical units, e.g.
+    diameters downstream of a cylinder), a sensor every ``spacing`` in y from ``y_min``
+    to ``y_max``, each at the nearest grid node, in the fluid only (the user's
+    "point-sensor rakes downstream of the cylinder")."""
+
+    def __init__(self, x: Sequence[float], y_min: float, y_max: float, spacing: float):
+        super().__init__()
+        if not len(x) or not spacing > 0 or not y_max >= y_min:
+            raise ValueError(f"Rakes: need x positions, spacing > 0 and y_max >= y_min, got {list(x)}, {spacing}, {y_min}..{y_max}")
+        self.x, self.y_min, self.y_max, self.spacing = [float(v) for v in x], float(y_min), float(y_max), float(spacing)
+
+    def _place(self, x: Tensor, y: Tensor, fluid: Tensor | None) -> Tensor:
+        mask = torch.zeros((len(y), len(x)), dtype=torch.bool)
+        heights = torch.arange(self.y_min, self.y_max + 0.5 * self.spacing, self.spacing, dtype=torch.float64)
+        for position in self.x:
+            if not x.min() <= position <= x.max():
+                raise ValueError(f"Rakes: x = {position:g} lies outside the grid's x range [{float(x.min()):g}, {float(x.max()):g}]")
+            col = int((x - position).abs().argmin())
+            rows = (y[None, :] - heights[:, None]).abs().argmin(dim=1)
+            mask[rows, col] = True
+        return mask if fluid is None else mask & fluid.bool()
 
 
 class Frames(Operator):

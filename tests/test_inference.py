@@ -176,31 +176,62 @@ def test_the_default_strategy_is_mmps_with_the_prior_s_gaussian_fit():
         InferenceModule(DPSSum())
 
 
-def test_cylinder_wake_windows_are_scored_by_their_strouhal_number(tmp_path):
-    """trainer.predict on 16-frame windows of a small simulated wake (its store says
-    ``flow: cylinder``) adds the Strouhal metrics; the exact Gaussian posterior of a
-    Gaussian fitted to the training windows, observed at x subsampling 4, sheds at the
-    truth's frequency (within 1 %), which the run's lift puts near the store's St."""
+@pytest.fixture(scope="module")
+def small_wake(tmp_path_factory):
+    """A small simulated wake (63 x 31 nodes, 2 trajectories of 40 frames 1 D/U apart)
+    as a store, and its attributes."""
+    from ldiff.data.cylinder import generate_cylinder
+    from ldiff.data.store import save
+
+    ds = generate_cylinder(40, spacing=0.25, dt_frame=1.0, spinup_time=40.0, n_traj=2, seed=0)
+    return save(ds, tmp_path_factory.mktemp("wake") / "wake.nc"), ds.attrs
+
+
+def exact_gaussian_run(store, operator, condition=()):
+    """trainer.predict of the exact Gaussian posterior (a Gaussian fitted to the train
+    half's 16-frame windows) on the test half; returns the module."""
     import lightning as L
 
-    from ldiff.data.cylinder import generate_cylinder
     from ldiff.data.module import FieldDataModule
-    from ldiff.data.store import save
     from ldiff.diffusion.schedules import CosineSchedule
     from ldiff.guidance.exact_gaussian import ExactGaussian
     from ldiff.nets.gaussian import GaussianPrior
 
-    ds = generate_cylinder(40, spacing=0.25, dt_frame=1.0, spinup_time=40.0, n_traj=2, seed=0)
-    data = FieldDataModule(str(save(ds, tmp_path / "wake.nc")), window=16, split=(0.5, 0.0, 0.5), random_window=False, batch_size=2)
+    data = FieldDataModule(str(store), window=16, split=(0.5, 0.0, 0.5), random_window=False, batch_size=2, condition=condition)
     data.setup()
     train = data.dataset("train")
     schedule = CosineSchedule(eta=1e-3)
     prior = GaussianPrior.fit(torch.stack([train[i]["x"] for i in range(len(train))]), schedule)
     module = InferenceModule.from_prior(prior, schedule, data.normalizer.state_dict(), strategy=ExactGaussian(prior),
-                                        operator=Subsample(4), std=0.1, samples=2, steps=8, seed=0)  # fmt: skip
+                                        operator=operator, std=0.1, samples=2, steps=8, seed=0)  # fmt: skip
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.predict(module, datamodule=data, return_predictions=False)
-    results = module.results()
+    return module
+
+
+def test_cylinder_wake_windows_are_scored_by_their_strouhal_number(small_wake):
+    """16-frame windows of a wake (its store says ``flow: cylinder``) get the Strouhal
+    metrics; the exact Gaussian posterior at x subsampling 4 sheds at the truth's
+    frequency (within 1 %), which the run's lift puts near the store's St."""
+    store, attrs = small_wake
+    results = exact_gaussian_run(store, Subsample(4)).results()
     assert results["items"] == 2 and results["strouhal_unresolved"] == 0
-    assert results["strouhal_truth"] == pytest.approx(ds.attrs["strouhal"], rel=0.05)
+    assert results["strouhal_truth"] == pytest.approx(attrs["strouhal"], rel=0.05)
     assert results["strouhal_error"] < 0.01
+
+
+def test_sensor_rakes_and_random_fluid_sensors_are_placed_on_the_datas_grid_by_the_module(small_wake):
+    """Operators named by physical position are bound to the data's grid and its mask
+    condition in ``setup``: rakes 1, 3 and 5 diameters downstream, a sensor every 0.5 in
+    y from -2 to 2 (9 per rake), and 5 % of the fluid nodes at random."""
+    from ldiff.observe import Rakes, RandomSensors
+
+    store, _ = small_wake
+    rakes = Rakes(x=[1.0, 3.0, 5.0], y_min=-2.0, y_max=2.0, spacing=0.5)
+    module = exact_gaussian_run(store, rakes, condition=("mask",))
+    assert module.results()["n_obs"] == 2 * 16 * 3 * 9
+    random = RandomSensors(0.05, seed=1)
+    module = exact_gaussian_run(store, random, condition=("mask",))
+    fluid = module.trainer.datamodule.cond[0] > 0.5
+    assert not (random._mask & ~fluid).any() and random.points == round(0.05 * int(fluid.sum()))
+    assert module.results()["n_obs"] == 2 * 16 * random.points

@@ -105,3 +105,50 @@ def test_conjugate_gradient_solves_each_sample_independently():
     torch.testing.assert_close(solve, torch.linalg.solve(spd, b))
     alone = conjugate_gradient(lambda v: torch.einsum("bij,bj->bi", spd[:1], v), b[:1], maxiter=50, rtol=1e-12)
     torch.testing.assert_close(solve[:1], alone)
+
+
+# --- sensors placed on the data's grid ------------------------------------------------
+
+
+def wake_grid():
+    """A 9 x 17 grid on [-4, 12] x [-2, 2] (spacing 1 in x, 0.5 in y) with a body of
+    radius 1 at the origin."""
+    x, y = torch.linspace(-4, 12, 17, dtype=torch.float64), torch.linspace(-2, 2, 9, dtype=torch.float64)
+    fluid = torch.hypot(x[None, :], y[:, None]) > 1.0
+    return x, y, fluid
+
+
+def test_random_sensors_are_a_seeded_fraction_of_the_fluid_nodes_once_bound():
+    from ldiff.observe import RandomSensors
+
+    x, y, fluid = wake_grid()
+    op = RandomSensors(0.25, seed=3)
+    with pytest.raises(ValueError, match="placed on the data's grid"):
+        op.check((2, 9, 17))
+    op.bind(x, y, fluid)
+    chosen = op._mask
+    assert chosen.sum() == round(0.25 * fluid.sum().item()) and not (chosen & ~fluid).any()
+    again = RandomSensors(0.25, seed=3)
+    again.bind(x, y, fluid)
+    assert torch.equal(again._mask, chosen)  # a function of the seed and the grid
+    anywhere = RandomSensors(0.25, seed=3, fluid_only=False)
+    anywhere.bind(x, y, fluid)
+    assert anywhere._mask.sum() == round(0.25 * 9 * 17)
+    fields = torch.randn(2, 4, 9, 17)
+    assert op(fields).shape == (2, 4, int(chosen.sum())) and op.n_obs((4, 9, 17)) == 4 * int(chosen.sum())
+
+
+def test_rakes_put_a_sensor_every_spacing_on_each_line_at_the_nearest_fluid_node():
+    from ldiff.observe import Rakes
+
+    x, y, fluid = wake_grid()
+    op = Rakes(x=[0.0, 2.2, 6.0], y_min=-2.0, y_max=2.0, spacing=1.0)
+    op.bind(x, y, fluid)
+    rows, cols = op._mask.nonzero().T
+    # columns of x = 0, 2 (nearest to 2.2) and 6; rows of y = -2, -1, 0, 1, 2; at x = 0 the
+    # nodes within the body (y = -1, 0, 1 at radius <= 1) carry no sensor
+    assert sorted(set(cols.tolist())) == [4, 6, 10]
+    assert sorted(rows[cols == 6].tolist()) == sorted(rows[cols == 10].tolist()) == [0, 2, 4, 6, 8]
+    assert sorted(rows[cols == 4].tolist()) == [0, 8]
+    with pytest.raises(ValueError, match=r"x = 20 lies outside the grid's x range \[-4, 12\]"):
+        Rakes(x=[20.0], y_min=0.0, y_max=1.0, spacing=0.5).bind(x, y, fluid)

@@ -56,6 +56,15 @@ from ldiff.metrics import DIVERGED, regime, spatial_std
 from ldiff.observe import Operator, check_std
 
 
+def _fluid(datamodule) -> Tensor | None:
+    """The data's fluid mask (H, W), True in the fluid: its ``mask`` condition channel
+    (:mod:`ldiff.data.conditions`), or None when the data are not conditioned on one."""
+    cond, names = getattr(datamodule, "cond", None), tuple(getattr(datamodule, "condition", ()))
+    if cond is not None and "mask" in names:
+        return cond[names.index("mask")] > 0.5
+    return None
+
+
 def item_generator(seed: int, index: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator for one item and one purpose (``stream``), independent of batching."""
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + index * 7 + stream)
@@ -198,6 +207,7 @@ class InferenceModule(L.LightningModule):
         self.coords = dict(getattr(datamodule, "coords", {}))
         if "x" in self.coords and "y" in self.coords:
             self.field_shape = (datamodule.channels, self.coords["y"].size, self.coords["x"].size)
+            self.operator.bind(torch.as_tensor(self.coords["x"].values), torch.as_tensor(self.coords["y"].values), _fluid(datamodule))
 
     def on_predict_epoch_start(self) -> None:
         """Fresh metrics for the epoch (on every rank, whether it gets batches or not)."""

@@ -9,7 +9,7 @@ multi-device run equal those of one process.
 Two families of numbers, each compared like with like:
 
 - **per sample** (every one of the K posterior samples against the truth): RMSE,
-  vorticity RMSE and correlation, spectrum log error, energy ratio
+  vorticity RMSE and correlation, the divergence (beside the truth's), spectrum log error, energy ratio
   std(recon)/std(truth), the observation residual std over the noise std (about 1 for a
   posterior sample), the regime counts, and for K > 1 the fair CRPS and the
   spread/skill ratio;
@@ -42,6 +42,7 @@ from torchmetrics.utilities import dim_zero_cat
 from ldiff.metrics import (
     CRPS,
     DIVERGED,
+    DivergenceRatio,
     REGIMES,
     EnergyRatio,
     FieldRMSE,
@@ -91,6 +92,7 @@ class ReconstructionMetrics(nn.Module):
         self.samples = MaxMetric()
         self.rmse = FieldRMSE(scale=scale)
         self.vorticity = VorticityError(dx, dy, periodic, scale=scale)
+        self.divergence = DivergenceRatio(dx, dy, periodic, scale=scale)
         self.spectrum = SpectrumLogError(dx, dy, k_max=SPECTRUM_SHELLS, scale=scale, below_nyquist=True)
         self.energy = EnergyRatio()
         self.residual = ResidualRatio()
@@ -110,7 +112,7 @@ class ReconstructionMetrics(nn.Module):
         self.items.update(torch.tensor(float(b)))
         self.n_obs.update(torch.tensor(float(y[0].numel())))
         self.samples.update(torch.tensor(float(k)))
-        for metric in (self.rmse, self.vorticity, self.spectrum, self.energy, *([self.strouhal] if self.strouhal else [])):
+        for metric in (self.rmse, self.vorticity, self.divergence, self.spectrum, self.energy, *([self.strouhal] if self.strouhal else [])):
             metric.update(flat, truth_k, valid)
         self.residual.update(self.op(flat).flatten(1), y.repeat_interleave(k, dim=0).flatten(1), self.std, valid)
 
@@ -130,7 +132,7 @@ class ReconstructionMetrics(nn.Module):
         counts = {name: int(value) for name, value in self.regimes.compute().items()}
         k = _count(self.samples.compute())
         out: dict[str, float] = {"items": int(self.items.compute()), "samples": k, "n_obs": _count(self.n_obs.compute())}
-        for metric in (self.rmse, self.vorticity, self.spectrum, self.energy, self.residual, *([self.strouhal] if self.strouhal else [])):
+        for metric in (self.rmse, self.vorticity, self.divergence, self.spectrum, self.energy, self.residual, *([self.strouhal] if self.strouhal else [])):
             out.update({key: _value(value) for key, value in metric.compute().items() if key != "excluded"})
         if self.strouhal is not None:
             out["strouhal_unresolved"] = int(out["strouhal_unresolved"])

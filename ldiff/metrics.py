@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from ldiff.physics import energy_spectrum, shell_width, vorticity, wake_strouhal
+from ldiff.physics import divergence, energy_spectrum, shell_width, vorticity, wake_strouhal
 
 BALANCED, FLAT, DIVERGED = 0, 1, 2
 REGIMES = ("balanced", "flat", "diverged")  # REGIMES[code] is the name of a regime code
@@ -389,6 +389,44 @@ class EnergyRatio(FieldMetric):
 
     def compute(self) -> dict[str, Tensor]:
         return {"energy_ratio": self.sum_ratio / self.count, "excluded": self.excluded}
+
+
+class DivergenceRatio(FieldMetric):
+    r"""How far reconstructions are from incompressible, against the truth on the same
+    grid: ``divergence`` is :math:`\operatorname{rms}(\nabla\cdot\mathbf u) /
+    \operatorname{rms}(\omega_{true})` pooled over the kept samples' frames and points,
+    and ``divergence_truth`` the same ratio for the truth (the discretisation's floor:
+    about 0 with spectral derivatives of a periodic solenoidal field, small but not 0
+    with finite differences of a solver's field), both from
+    :func:`ldiff.physics.divergence` and :func:`~ldiff.physics.vorticity` in physical
+    units. Arguments as :class:`VorticityError`.
+    """
+
+    def __init__(self, dx: float, dy: float, periodic: bool, scale: Tensor | None = None, mask: Tensor | None = None):
+        super().__init__(mask)
+        self.dx, self.dy, self.periodic, self.scale = dx, dy, periodic, scale
+        for name in ("div_x", "div_truth", "vorticity_truth", "n"):
+            self._sum_state(name)
+
+    def update(self, x: Tensor, truth: Tensor, valid: Tensor | None = None) -> None:
+        _check_pair(x, truth)
+        keep = self._keep(valid, x)
+        if not keep.any():
+            return
+        grid = (self.dx, self.dy, self.periodic)
+        a, b = (_rescale(f[keep].double(), self.scale) for f in (x, truth))
+        self.div_x += _points(divergence(a, *grid), self.mask).square().sum()
+        self.div_truth += _points(divergence(b, *grid), self.mask).square().sum()
+        vorticity_b = _points(vorticity(b, *grid), self.mask)
+        self.vorticity_truth += vorticity_b.square().sum()
+        self.n += vorticity_b.numel()
+
+    def compute(self) -> dict[str, Tensor]:
+        return {
+            "divergence": (self.div_x / self.vorticity_truth).sqrt(),
+            "divergence_truth": (self.div_truth / self.vorticity_truth).sqrt(),
+            "excluded": self.excluded,
+        }
 
 
 class StrouhalError(FieldMetric):

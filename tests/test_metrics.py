@@ -308,3 +308,21 @@ def test_strouhal_error_scores_each_sample_against_its_truth_and_counts_flat_win
     assert out["strouhal"] == pytest.approx((0.18 + 0.198) / 2, rel=5e-3)
     assert out["strouhal_error"] == pytest.approx(0.05, abs=5e-3)  # (0 + 0.1) / 2
     assert "strouhal" not in ReconstructionMetrics(Subsample(4), 0.1, 0.2, 0.25, False).compute()
+
+
+def test_divergence_ratio_is_zero_for_a_solenoidal_truth_and_exact_for_an_added_gradient():
+    """Truth: the curl of psi = sin x sin y (vorticity 2 sin x sin y, rms 1); the
+    reconstruction adds the gradient of phi = a cos x cos 2y, whose divergence
+    -5 a cos x cos 2y has rms 5a/2: ``divergence`` = 2.5 a, ``divergence_truth`` = 0
+    (spectral derivatives on the periodic square)."""
+    from ldiff.metrics import DivergenceRatio
+
+    n, a = 32, 0.2
+    y, x = torch.meshgrid(*(2 * math.pi * torch.arange(n, dtype=torch.float64) / n,) * 2, indexing="ij")
+    truth = torch.stack([torch.sin(x) * torch.cos(y), -torch.cos(x) * torch.sin(y)])[None]
+    gradient = torch.stack([-a * torch.sin(x) * torch.cos(2 * y), -2 * a * torch.cos(x) * torch.sin(2 * y)])[None]
+    metric = DivergenceRatio(2 * math.pi / n, 2 * math.pi / n, periodic=True)
+    metric.update(torch.cat([truth + gradient, truth]), torch.cat([truth, truth]), torch.tensor([True, False]))
+    out = metric.compute()
+    assert float(out["divergence"]) == pytest.approx(2.5 * a, rel=1e-10)
+    assert float(out["divergence_truth"]) < 1e-12 and int(out["excluded"]) == 1

@@ -84,7 +84,6 @@ class ReconstructionMetrics(nn.Module):
 
     def __init__(self, op: Operator, std: float, dx: float, dy: float, periodic: bool, scale: Tensor | None = None, wake: dict | None = None):
         super().__init__()
-        self.strouhal = None if wake is None else StrouhalError(**wake)
         self.op, self.std = op, std
         self.regimes = RegimeCount()
         self.items = SumMetric()
@@ -96,6 +95,9 @@ class ReconstructionMetrics(nn.Module):
         self.spectrum = SpectrumLogError(dx, dy, k_max=SPECTRUM_SHELLS, scale=scale, below_nyquist=True)
         self.energy = EnergyRatio()
         self.residual = ResidualRatio()
+        self.strouhal = None if wake is None else StrouhalError(**wake)
+        self.per_sample = (self.rmse, self.vorticity, self.divergence, self.spectrum, self.energy, *([self.strouhal] if wake else []))
+        """The metrics scored on every sample against its truth, in ``update`` and ``compute``."""
         self.rmse_mean = FieldRMSE(scale=scale)
         self.vorticity_mean = VorticityError(dx, dy, periodic, scale=scale)
         self.crps = CRPS()
@@ -112,7 +114,7 @@ class ReconstructionMetrics(nn.Module):
         self.items.update(torch.tensor(float(b)))
         self.n_obs.update(torch.tensor(float(y[0].numel())))
         self.samples.update(torch.tensor(float(k)))
-        for metric in (self.rmse, self.vorticity, self.divergence, self.spectrum, self.energy, *([self.strouhal] if self.strouhal else [])):
+        for metric in self.per_sample:
             metric.update(flat, truth_k, valid)
         self.residual.update(self.op(flat).flatten(1), y.repeat_interleave(k, dim=0).flatten(1), self.std, valid)
 
@@ -132,7 +134,7 @@ class ReconstructionMetrics(nn.Module):
         counts = {name: int(value) for name, value in self.regimes.compute().items()}
         k = _count(self.samples.compute())
         out: dict[str, float] = {"items": int(self.items.compute()), "samples": k, "n_obs": _count(self.n_obs.compute())}
-        for metric in (self.rmse, self.vorticity, self.divergence, self.spectrum, self.energy, self.residual, *([self.strouhal] if self.strouhal else [])):
+        for metric in (*self.per_sample, self.residual):
             out.update({key: _value(value) for key, value in metric.compute().items() if key != "excluded"})
         if self.strouhal is not None:
             out["strouhal_unresolved"] = int(out["strouhal_unresolved"])

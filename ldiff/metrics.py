@@ -405,7 +405,7 @@ class DivergenceRatio(FieldMetric):
     def __init__(self, dx: float, dy: float, periodic: bool, scale: Tensor | None = None, mask: Tensor | None = None):
         super().__init__(mask)
         self.dx, self.dy, self.periodic, self.scale = dx, dy, periodic, scale
-        for name in ("div_x", "div_truth", "vorticity_truth", "n"):
+        for name in ("div_x", "div_truth", "vorticity_truth"):
             self._sum_state(name)
 
     def update(self, x: Tensor, truth: Tensor, valid: Tensor | None = None) -> None:
@@ -417,9 +417,7 @@ class DivergenceRatio(FieldMetric):
         a, b = (_rescale(f[keep].double(), self.scale) for f in (x, truth))
         self.div_x += _points(divergence(a, *grid), self.mask).square().sum()
         self.div_truth += _points(divergence(b, *grid), self.mask).square().sum()
-        vorticity_b = _points(vorticity(b, *grid), self.mask)
-        self.vorticity_truth += vorticity_b.square().sum()
-        self.n += vorticity_b.numel()
+        self.vorticity_truth += _points(vorticity(b, *grid), self.mask).square().sum()
 
     def compute(self) -> dict[str, Tensor]:
         return {

@@ -230,12 +230,11 @@ class Rakes(_GridSensors):
     def _place(self, x: Tensor, y: Tensor, fluid: Tensor | None) -> Tensor:
         mask = torch.zeros((len(y), len(x)), dtype=torch.bool)
         heights = torch.arange(self.y_min, self.y_max + 0.5 * self.spacing, self.spacing, dtype=torch.float64)
+        rows = (y[None, :] - heights[:, None]).abs().argmin(dim=1)  # the same on every rake
         for position in self.x:
             if not x.min() <= position <= x.max():
                 raise ValueError(f"Rakes: x = {position:g} lies outside the grid's x range [{float(x.min()):g}, {float(x.max()):g}]")
-            col = int((x - position).abs().argmin())
-            rows = (y[None, :] - heights[:, None]).abs().argmin(dim=1)
-            mask[rows, col] = True
+            mask[rows, int((x - position).abs().argmin())] = True
         return mask if fluid is None else mask & fluid.bool()
 
 

@@ -1,6 +1,5 @@
 """``ldiff data import-arrays``: plain velocity arrays into a store (ldiff/data/arrays.py)."""
 
-from pathlib import Path
 
 import h5py
 import numpy as np

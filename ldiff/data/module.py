@@ -231,7 +231,8 @@ class FieldDataModule(L.LightningDataModule):
             splits = {name: np.arange(stores[name].sizes["trajectory"] if name in stores else 0) for name in SPLITS}
         first = next(stores[name] for name in ("train", "test", "val") if name in stores)
         for name, ds in stores.items():
-            _check_same_grid(files.get(name, self.path), ds, first)
+            if ds is not first:
+                _check_same_grid(files[name], ds, first)
         self.attrs = dict(first.attrs)
         self.time = stores.get("test", first)["time"].values
         self.coords = {"x": first["x"], "y": first["y"], "time": stores.get("test", first)["time"]}  # with their units

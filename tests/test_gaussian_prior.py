@@ -50,6 +50,17 @@ def test_fit_recovers_the_generating_spectrum():
     assert (ratio - 1).abs().max().item() < 0.1
 
 
+def test_fit_in_chunks_is_the_whole_batch_formula():
+    x = torch.randn(23, 3, 6, 10, generator=torch.Generator().manual_seed(1)) + torch.tensor([1.0, -2.0, 0.5])[:, None, None]
+    x64 = x.double()
+    mean = x64.mean(dim=(0, 2, 3))
+    power = torch.fft.fft2(x64 - mean[:, None, None], norm="ortho").abs().square().mean(dim=0)
+    for chunk in (1, 5, 23, 100):  # 23 = 4 chunks of 5 and one of 3
+        fitted = GaussianPrior.fit(x, CosineSchedule(), chunk=chunk)
+        torch.testing.assert_close(fitted.mean.double(), mean, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(fitted.power.double(), power.clamp_min(1e-6 * power.mean()), rtol=1e-6, atol=1e-7)
+
+
 def radial_spectrum(x, bins):
     power = torch.fft.fft2(x - x.mean(dim=(0, 2, 3), keepdim=True), norm="ortho").abs().square().mean(dim=(0, 1))
     n = x.shape[-1]

@@ -203,7 +203,9 @@ def add_compare_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
 def print_rows(rows: list[dict], title: str) -> None:
     """The comparison table on the terminal."""
     table = Table(title=title)
-    columns = ("strategy", "operator", "n_obs", "rmse_mean", "vorticity_corr_mean", "residual_ratio", "energy_ratio", "balanced", "flat", "diverged", "seconds")
+    columns = ("strategy", "operator", "n_obs", "rmse_mean", "rel_l2", "vorticity_corr_mean", "residual_ratio", "energy_ratio", "balanced", "flat", "diverged", "seconds")
+    if any(math.isfinite(row.get("strouhal_error", math.nan)) for row in rows):  # cylinder-wake windows
+        columns = (*columns[:-4], "strouhal_error", *columns[-4:])
     for column in columns:
         table.add_column(column.replace("_", " "), justify="right")
     for row in rows:

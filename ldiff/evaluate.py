@@ -14,8 +14,8 @@ Two families of numbers, each compared like with like:
   posterior sample), the regime counts, and for K > 1 the fair CRPS and the
   spread/skill ratio;
 - **posterior mean** (the mean of the K samples against the truth, suffix ``_mean``):
-  RMSE and vorticity correlation, the numbers to set beside an exact posterior mean
-  such as the Gaussian baseline's.
+  RMSE, relative L2 error (the normalised RMSE) and vorticity correlation, the numbers
+  to set beside an exact posterior mean such as the Gaussian baseline's.
 
 Diverged samples are excluded from the field metrics (and counted); if every sample of
 an item diverged, the item drops out of the ``_mean`` metrics. Where nothing is left to
@@ -138,7 +138,9 @@ class ReconstructionMetrics(nn.Module):
             out.update({key: _value(value) for key, value in metric.compute().items() if key != "excluded"})
         if self.strouhal is not None:
             out["strouhal_unresolved"] = int(out["strouhal_unresolved"])
-        out["rmse_mean"] = _value(self.rmse_mean.compute()["rmse"])
+        rmse_mean = self.rmse_mean.compute()
+        out["rmse_mean"] = _value(rmse_mean["rmse"])
+        out["rel_l2_mean"] = _value(rmse_mean["rel_l2"])
         vorticity_mean = self.vorticity_mean.compute()
         out["vorticity_corr_mean"] = _value(vorticity_mean["vorticity_corr"])
         out["vorticity_rmse_mean"] = _value(vorticity_mean["vorticity_rmse"])

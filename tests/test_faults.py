@@ -330,6 +330,8 @@ def test_a_diverging_sample_is_excluded_from_the_written_metrics(tmp_path):
     assert ds.attrs["metric_rmse"] == pytest.approx(np.sqrt(np.mean(error**2)), rel=1e-12)
     mean = np.stack([recon[i][~diverged[i]].mean(axis=0) for i in range(4)])
     assert ds.attrs["metric_rmse_mean"] == pytest.approx(np.sqrt(np.mean((mean - truth) ** 2)), rel=1e-12)
+    assert ds.attrs["metric_rel_l2_mean"] == pytest.approx(np.sqrt(np.sum((mean - truth) ** 2) / np.sum(truth**2)), rel=1e-12)
+    assert ds.attrs["metric_rel_l2"] == pytest.approx(np.sqrt(np.sum(error**2) / np.sum(np.broadcast_to(truth[:, None], recon.shape)[~diverged] ** 2)), rel=1e-12)
     assert not [name for name in ds.attrs if name.startswith("metric_") and np.isnan(ds.attrs[name])]
 
 

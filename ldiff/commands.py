@@ -111,6 +111,7 @@ def add_quality_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
 def run_quality(args: argparse.Namespace) -> None:
     from ldiff.data.module import FieldDataModule
     from ldiff.lit.checkpoint import load_prior
+    from ldiff.physics import wake_geometry
     from ldiff.quality import measure
     from ldiff.tracking import write_json
 
@@ -122,12 +123,16 @@ def run_quality(args: argparse.Namespace) -> None:
     if args.jacobian:
         return run_jacobian(args, net, schedule, windows)
     cond = windows["cond"][0] if "cond" in windows else None
+    wake = wake_geometry(attrs, data.coords["x"].values, data.coords["y"].values, windows["x"].shape[1] // 2)
     result = measure(net, schedule, normalizer, windows["x"], float(attrs["dx"]), float(attrs["dy"]),
-                     bool(int(attrs["periodic"])), samples=args.samples, steps=args.steps, k_max=args.k_max, cond=cond)
+                     bool(int(attrs["periodic"])), samples=args.samples, steps=args.steps, k_max=args.k_max, cond=cond, wake=wake)
     if args.output:
         write_json(Path(args.output), result.as_dict())
     print(f"spectrum ratio (k = 1..{args.k_max}): {result.spectrum_ratio_min:.3f} .. {result.spectrum_ratio_max:.3f}; "
           f"vorticity std {result.vorticity_std_samples:.3f} vs data {result.vorticity_std_data:.3f} (ratio {result.vorticity_std_ratio:.3f})")
+    if wake is not None:
+        print(f"Strouhal number: samples {result.strouhal_samples:.4f} vs data {result.strouhal_data:.4f} "
+              f"({result.strouhal_unresolved} of {args.samples} sample windows without a resolved peak)")
 
 
 def run_jacobian(args: argparse.Namespace, net, schedule, windows: dict) -> None:

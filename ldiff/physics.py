@@ -167,6 +167,24 @@ def peak_frequency(signals: Tensor, dt: float, min_periods: float = 2.0, strict:
     return torch.where(unresolved, torch.nan, (peak + offset) / (PAD * n * dt))
 
 
+WAKE_FRAMES = 8
+"""Frames a cylinder-wake window needs for its Strouhal number (:func:`peak_frequency`'s minimum)."""
+
+
+def wake_geometry(attrs: dict, x, y, frames: int) -> dict | None:
+    """The arguments of :func:`wake_strouhal` beyond the fields (``dt``, ``x``, ``y``,
+    ``diameter``, ``center``) for windows of ``frames`` frames of a store with attributes
+    ``attrs`` and node coordinates ``x`` (W,), ``y`` (H,); None unless the store is a
+    cylinder wake (``flow`` = ``cylinder``) and ``frames >= WAKE_FRAMES``."""
+    if attrs.get("flow") != "cylinder" or frames < WAKE_FRAMES:
+        return None
+    return {
+        "dt": float(attrs["dt"]), "x": torch.tensor(x, dtype=torch.float64), "y": torch.tensor(y, dtype=torch.float64),
+        "diameter": 2 * float(attrs.get("cylinder_radius", 0.5)),
+        "center": (float(attrs.get("cylinder_x", 0.0)), float(attrs.get("cylinder_y", 0.0))),
+    }  # fmt: skip
+
+
 def wake_strouhal(
     fields: Tensor, dt: float, x: Tensor, y: Tensor, diameter: float = 1.0, U: float = 1.0,
     center: tuple[float, float] = (0.0, 0.0), strict: bool = True,

@@ -26,7 +26,7 @@ from ldiff.data.normalizer import Normalizer
 from ldiff.diffusion.sampler import PredictorCorrector
 from ldiff.diffusion.schedules import Schedule
 from ldiff.observe import Operator
-from ldiff.physics import energy_spectrum, vorticity
+from ldiff.physics import energy_spectrum, vorticity, wake_strouhal
 
 
 @dataclass
@@ -44,6 +44,9 @@ class Quality:
     vorticity_std_ratio: float
     velocity_std_data: float
     velocity_std_samples: float
+    strouhal_samples: float | None = None  # cylinder-wake windows: mean St of the resolved windows
+    strouhal_data: float | None = None
+    strouhal_unresolved: int | None = None  # sample windows with no resolved shedding peak
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -64,6 +67,7 @@ def measure(
     batch: int = 16,
     seed: int = 0,
     cond: Tensor | None = None,
+    wake: dict | None = None,
 ) -> Quality:
     """Sample the prior unconditionally and compare with ``data``.
 
@@ -72,6 +76,9 @@ def measure(
         data: reference fields, shape (N, C, H, W), in normalised units.
         dx, dy, periodic: the grid.
         cond: condition channels of every sample, shape (C_cond, H, W), or None.
+        wake: for windows of a cylinder wake, :func:`ldiff.physics.wake_geometry`'s
+            arguments: adds the Strouhal numbers of the sample and data windows
+            (:func:`~ldiff.physics.wake_strouhal`).
     """
     generator = torch.Generator().manual_seed(seed)
     sampler = PredictorCorrector(schedule, steps)
@@ -87,6 +94,13 @@ def measure(
     w = {name: vorticity(x, dx, dy, periodic).std().item() for name, x in fields.items()}
     # per-component std over every sample and grid point, root-mean-squared over components
     velocity = {name: x.transpose(0, 1).flatten(1).var(dim=1).mean().sqrt().item() for name, x in fields.items()}
+    strouhal = {}
+    if wake is not None:
+        st = {name: wake_strouhal(x, **wake, strict=False) for name, x in fields.items()}
+        strouhal = {
+            "strouhal_samples": st["samples"].nanmean().item(), "strouhal_data": st["data"].nanmean().item(),
+            "strouhal_unresolved": int(st["samples"].isnan().sum()),
+        }  # fmt: skip
     return Quality(
         samples=samples,
         steps=steps,
@@ -99,6 +113,7 @@ def measure(
         vorticity_std_ratio=w["samples"] / w["data"],
         velocity_std_data=velocity["data"],
         velocity_std_samples=velocity["samples"],
+        **strouhal,
     )
 
 

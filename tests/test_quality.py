@@ -45,3 +45,44 @@ def test_jacobian_cli_on_the_shipped_prior(tmp_path, capsys, monkeypatch):
     assert gauss[0] < gauss[1] < gauss[2] <= 1.5
     printed = capsys.readouterr().out
     assert "e^T A V A^T e" in printed and ("agrees" in printed or "disagrees" in printed)
+
+
+class DenoisesTo(torch.nn.Module):
+    """The epsilon of a prior holding one field ``x0``: eps = (x_t - mu x0) / sigma, so
+    the sampler's Tweedie estimate is ``x0`` at every step and every sample ends at it."""
+
+    def __init__(self, x0, schedule):
+        super().__init__()
+        self.x0, self.schedule = x0, schedule
+
+    def forward(self, x, t, cond=None):
+        mu, sigma = self.schedule.coefficients(t, x)
+        return (x - mu * self.x0) / sigma
+
+
+def test_the_strouhal_number_of_sample_windows_of_a_wake():
+    """``wake``: the St of the sample windows and of the data windows. A prior whose every
+    sample is one data window has that window's St, and the data's St is the mean of
+    their windows' (both in physical units: the normaliser does not move a frequency)."""
+    from ldiff.data.cylinder import generate_cylinder
+    from ldiff.data.normalizer import Normalizer
+    from ldiff.physics import wake_geometry, wake_strouhal
+
+    ds = generate_cylinder(16, spacing=0.25, dt_frame=1.0, spinup_time=40.0, n_traj=2, seed=0)
+    frames = torch.tensor(ds[["u", "v"]].to_array().transpose("trajectory", "time", "variable", "y", "x").values)
+    physical = frames.flatten(1, 2).double()  # (2, 32, H, W): u, v per frame
+    normalizer = Normalizer().fit(ds.u.values, ds.v.values)
+    data = normalizer.normalize(physical).float()
+    wake = wake_geometry(ds.attrs, ds.x.values, ds.y.values, 16)
+    assert wake is not None and wake_geometry({**ds.attrs, "flow": "kolmogorov"}, ds.x.values, ds.y.values, 16) is None
+    assert wake_geometry(ds.attrs, ds.x.values, ds.y.values, 7) is None  # too few frames for a peak
+    schedule = CosineSchedule()
+    result = measure(DenoisesTo(data[1], schedule), schedule, normalizer.state_dict(), data, dx=0.25, dy=0.25, periodic=False,
+                     samples=2, steps=8, k_max=4, wake=wake)  # fmt: skip
+    by_window = wake_strouhal(physical, **wake)
+    assert result.strouhal_unresolved == 0
+    assert result.strouhal_samples == pytest.approx(by_window[1].item(), rel=1e-4)
+    assert result.strouhal_data == pytest.approx(by_window.mean().item(), rel=1e-9)
+    assert result.strouhal_data == pytest.approx(ds.attrs["strouhal"], rel=0.05)
+    no_wake = measure(DenoisesTo(data[1], schedule), schedule, normalizer.state_dict(), data, dx=0.25, dy=0.25, periodic=False, samples=2, steps=8, k_max=4)
+    assert no_wake.strouhal_samples is None and no_wake.strouhal_unresolved is None

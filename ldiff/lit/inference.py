@@ -54,6 +54,7 @@ from ldiff.guidance.mmps import MMPS
 from ldiff.lit.prior import check_channels
 from ldiff.metrics import DIVERGED, regime, spatial_std
 from ldiff.observe import Operator, check_std
+from ldiff.physics import wake_geometry
 
 
 def _fluid(datamodule) -> Tensor | None:
@@ -216,21 +217,14 @@ class InferenceModule(L.LightningModule):
         self.series.reset()
         self.example, self._results = None, None
 
-    WAKE_FRAMES = 8
-    """Frames a cylinder-wake window needs for its Strouhal number to be scored."""
-
     def _wake(self) -> dict | None:
-        """The Strouhal metric's arguments for windows of a cylinder wake (the data's
-        ``flow`` attribute, at least :data:`WAKE_FRAMES` frames), else None."""
+        """The Strouhal metric's arguments for windows of a cylinder wake
+        (:func:`ldiff.physics.wake_geometry`), else None."""
         attrs = getattr(getattr(self.trainer, "datamodule", None), "attrs", None) or {}
         frames = self.field_shape[0] // 2 if self.field_shape else 0
-        if attrs.get("flow") != "cylinder" or frames < self.WAKE_FRAMES or not {"x", "y"} <= set(self.coords):
+        if not {"x", "y"} <= set(self.coords):
             return None
-        return {
-            "dt": float(attrs["dt"]), "x": self.coords["x"].values, "y": self.coords["y"].values,
-            "diameter": 2 * float(attrs.get("cylinder_radius", 0.5)),
-            "center": (float(attrs.get("cylinder_x", 0.0)), float(attrs.get("cylinder_y", 0.0))),
-        }  # fmt: skip
+        return wake_geometry(attrs, self.coords["x"].values, self.coords["y"].values, frames)
 
     def sampler(self) -> PredictorCorrector:
         return PredictorCorrector(self.schedule, self.steps, self.corrections, self.tau)

@@ -208,7 +208,7 @@ class InferenceModule(L.LightningModule):
         self.coords = dict(getattr(datamodule, "coords", {}))
         if "x" in self.coords and "y" in self.coords:
             self.field_shape = (datamodule.channels, self.coords["y"].size, self.coords["x"].size)
-            self.operator.bind(torch.as_tensor(self.coords["x"].values), torch.as_tensor(self.coords["y"].values), _fluid(datamodule))
+            self.operator.bind(torch.tensor(self.coords["x"].values), torch.tensor(self.coords["y"].values), _fluid(datamodule))  # copies: the store may be read-only
 
     def on_predict_epoch_start(self) -> None:
         """Fresh metrics for the epoch (on every rank, whether it gets batches or not)."""

@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ldiff-installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo demo-cylinder bench clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,12 @@ test: $(STAMP)
 # the config: drop --only (about 2 min per strategy and density on 2 CPU cores).
 demo: $(STAMP)
 	OMP_NUM_THREADS=2 $(VENV)/bin/ldiff compare --config configs/compare/kolmogorov.yaml --only mmps dps-sum
+
+# The user's flow: the shipped cylinder window prior on held-out Re = 100 windows, the
+# default against the user's dps-sum and clamped-linear rule and the exact Gaussian
+# posterior, x subsampling 2, 4, 8, 16. Every strategy: drop --only.
+demo-cylinder: $(STAMP)
+	OMP_NUM_THREADS=2 $(VENV)/bin/ldiff compare --config configs/compare/cylinder.yaml --only mmps dps-sum clamped-linear
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run

@@ -353,8 +353,7 @@ def test_an_imported_cyl_run_trains_a_16_frame_window_with_the_mask_condition(tm
     ds = load(store)
     assert ds["mask"].shape == (ny - 1, nx - 1) and ds["mask"].values.min() == 0 and ds.sizes["time"] == 17
     status = console(
-        "fit", "--config", str(ROOT / "configs/prior/cylinder.yaml"), "--data.path", str(store), "--data.window", "16",
-        "--model.net.init_args.in_channels", "32", "--model.net.init_args.widths", "[8, 16, 16]", "--model.net.init_args.time_embedding", "8",
+        "fit", "--config", str(ROOT / "configs/prior/cylinder-window.yaml"), "--data.path", str(store), "--model.net.init_args.widths", "[8, 16, 16]", "--model.net.init_args.time_embedding", "8",
         "--trainer.max_steps", "2", "--trainer.max_epochs", "2", "--trainer.logger", "false", "--trainer.callbacks", "[]",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(tmp_path / "fit"),
         "--checkpoint.every_n_epochs", "1",

@@ -163,7 +163,9 @@ def test_bad_observations_are_refused():
         Observation(torch.zeros(1, 0, 8, 8), Frames(4, offset=3), 0.1, (4, 8, 8))
 
 
-def test_the_default_strategy_is_mmps_with_the_prior_s_gaussian_fit():
+def test_the_default_strategy_is_mmps_with_the_prior_s_gaussian_fit(tmp_path):
+    import shutil
+
     from ldiff.guidance.mmps import MMPS
     from ldiff.lit.inference import default_strategy
 
@@ -171,7 +173,10 @@ def test_the_default_strategy_is_mmps_with_the_prior_s_gaussian_fit():
     assert isinstance(module.strategy, MMPS) and module.strategy.covariance is None
     shipped = default_strategy("checkpoints/kolmogorov/prior.ckpt")
     assert shipped.covariance == "checkpoints/kolmogorov/gaussian.pt" and shipped._power.shape == (2, 64, 64)
-    assert default_strategy("checkpoints/cylinder/prior.ckpt").covariance is None  # no gaussian.pt there
+    shipped = default_strategy("checkpoints/cylinder-window/prior.ckpt")
+    assert shipped.covariance == "checkpoints/cylinder-window/gaussian.pt" and shipped._power.shape == (32, 99, 199)
+    alone = shutil.copy("checkpoints/kolmogorov/prior.ckpt", tmp_path / "prior.ckpt")
+    assert default_strategy(str(alone)).covariance is None  # no gaussian.pt beside it
     with pytest.raises(ValueError, match="operator"):
         InferenceModule(DPSSum())
 

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {
     # checkpoint: (channels, cond channels, H, W)
     "checkpoints/kolmogorov/prior.ckpt": (2, 0, 64, 64),
-    "checkpoints/cylinder/prior.ckpt": (2, 1, 99, 199),
+    "checkpoints/cylinder-window/prior.ckpt": (32, 1, 99, 199),
 }
 
 

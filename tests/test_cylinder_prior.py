@@ -1,0 +1,64 @@
+"""The shipped cylinder window prior reconstructs a held-out Re = 100 wake window.
+
+The prior (``checkpoints/cylinder-window/``, trained on Re 60, 80, 120, 150, 200) with
+the default strategy (mmps with its shipped Gaussian fit) reconstructs the first
+held-out 16-frame window (2 x 16 x 99 x 199 values) from x subsampling 4 and 16
+(N = 40,000 and 2,912), through ``trainer.predict``: the path of ``ldiff predict``.
+One posterior sample, 32 predictor steps (the README table's), noise std 0.1 in
+normalised units.
+
+What holds (the first test): finite samples, none diverged or flat, the observations
+fitted to within the noise, and the wake shedding at the truth's frequency.
+
+What does not hold yet (the second test, a strict xfail that fails as soon as it
+passes): issue 15's bounds on the field itself, an energy ratio within 0.9-1.1 and a
+normalised RMSE (rel_l2) below 0.3. This prior's samples carry grid-scale noise
+between the sensors (its model card: vorticity std 3.8x the data's); the README's
+cylinder table measures it at every rate.
+"""
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+
+from ldiff.data.module import FieldDataModule
+from ldiff.guidance.mmps import MMPS
+from ldiff.lit.inference import InferenceModule
+from ldiff.observe import Subsample
+
+ROOT = Path(__file__).resolve().parents[1]
+PRIOR = ROOT / "checkpoints/cylinder-window/prior.ckpt"
+HELDOUT = ROOT / "checkpoints/cylinder-window/heldout.nc"
+RATES = {4: 40_000, 16: 2_912}
+RESIDUAL = (0.65, 1.2)  # one sample's residual std over the noise std: 0.77 measured at 32 steps, every rate
+
+
+@pytest.fixture(scope="module", params=sorted(RATES))
+def reconstruction(request) -> tuple[int, InferenceModule]:
+    stride = request.param
+    data = FieldDataModule(str(HELDOUT), split=(0.0, 0.0, 1.0), items=1, batch_size=1, condition=("mask",), window=16)
+    module = InferenceModule(operator=Subsample(stride), std=0.1, samples=1, steps=32, seed=0, checkpoint=str(PRIOR))
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, inference_mode=False)
+    trainer.predict(module, datamodule=data, return_predictions=False)
+    return stride, module
+
+
+def test_the_shipped_cylinder_prior_reconstructs_a_held_out_window(reconstruction):
+    stride, module = reconstruction
+    assert isinstance(module.strategy, MMPS) and Path(module.strategy.covariance).name == "gaussian.pt"
+    results = module.results()
+    assert (results["items"], results["samples"], results["n_obs"]) == (1, 1, RATES[stride])
+    assert (results["balanced"], results["flat"], results["diverged"]) == (1, 0, 0)
+    assert all(np.isfinite(value) for value in results.values())
+    assert RESIDUAL[0] < results["residual_ratio"] < RESIDUAL[1]
+    assert results["strouhal_unresolved"] == 0 and results["strouhal_error"] < 0.05
+    assert results["strouhal_truth"] == pytest.approx(0.18, rel=0.05)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15: this prior's samples are too noisy between the sensors (energy ratio > 1.1, rel_l2 > 0.3)")
+def test_the_reconstruction_meets_issue_15_bounds_on_the_field(reconstruction):
+    _, module = reconstruction
+    results = module.results()
+    assert 0.9 <= results["energy_ratio"] <= 1.1 and results["rel_l2"] < 0.3

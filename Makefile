@@ -24,8 +24,8 @@ test: $(STAMP)
 	if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
 
 # The main job: the shipped Kolmogorov prior, the default (mmps) against the user's dps-sum
-# and the exact Gaussian posterior, x subsampling 2, 4, 8, 16, K = 8. Every strategy of
-# the config: drop --only (about 2 min per strategy and density on 2 CPU cores).
+# and the exact Gaussian posterior, x subsampling 2, 4, 8, 16, K = 4. Every strategy of
+# the config: drop --only (about 1 min per strategy and density on 2 CPU cores).
 demo: $(STAMP)
 	OMP_NUM_THREADS=2 $(VENV)/bin/ldiff compare --config configs/compare/kolmogorov.yaml --only mmps dps-sum
 

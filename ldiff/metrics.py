@@ -143,6 +143,14 @@ class FieldMetric(Metric):
         self.excluded += (~keep).sum()
         return keep
 
+    def _kept(self, x: Tensor, truth: Tensor, valid: Tensor | None) -> Tensor | None:
+        """Check a (reconstruction, truth) pair of fields (B, C, H, W) and return the
+        samples to score (:meth:`_keep`), or None when there is none (all counted in
+        ``excluded``)."""
+        _check_pair(x, truth)
+        keep = self._keep(valid, x)
+        return keep if keep.any() else None
+
 
 def _check_pair(x: Tensor, truth: Tensor) -> None:
     if x.dim() != 4 or x.shape != truth.shape:
@@ -178,9 +186,8 @@ class FieldRMSE(FieldMetric):
         self._sum_state("count")
 
     def update(self, x: Tensor, truth: Tensor, valid: Tensor | None = None) -> None:
-        _check_pair(x, truth)
-        keep = self._keep(valid, x)
-        if not keep.any():  # nothing to score; counted in `excluded`
+        keep = self._kept(x, truth, valid)
+        if keep is None:
             return
         error = _points((x[keep] - truth[keep]).double(), self.mask)
         reference = _points(truth[keep].double(), self.mask)
@@ -236,9 +243,8 @@ class VorticityError(FieldMetric):
             self._sum_state(name)
 
     def update(self, x: Tensor, truth: Tensor, valid: Tensor | None = None) -> None:
-        _check_pair(x, truth)
-        keep = self._keep(valid, x)
-        if not keep.any():  # nothing to score; counted in `excluded`
+        keep = self._kept(x, truth, valid)
+        if keep is None:
             return
         a, b = (
             _points(vorticity(_rescale(f[keep].double(), self.scale), self.dx, self.dy, self.periodic), self.mask)
@@ -379,9 +385,8 @@ class EnergyRatio(FieldMetric):
         self._sum_state("count")
 
     def update(self, x: Tensor, truth: Tensor, valid: Tensor | None = None) -> None:
-        _check_pair(x, truth)
-        keep = self._keep(valid, x)
-        if not keep.any():  # nothing to score; counted in `excluded`
+        keep = self._kept(x, truth, valid)
+        if keep is None:
             return
         ratio = spatial_std(x[keep].double(), self.mask) / spatial_std(truth[keep].double(), self.mask)
         self.sum_ratio += ratio.sum()
@@ -409,9 +414,8 @@ class DivergenceRatio(FieldMetric):
             self._sum_state(name)
 
     def update(self, x: Tensor, truth: Tensor, valid: Tensor | None = None) -> None:
-        _check_pair(x, truth)
-        keep = self._keep(valid, x)
-        if not keep.any():
+        keep = self._kept(x, truth, valid)
+        if keep is None:
             return
         grid = (self.dx, self.dy, self.periodic)
         a, b = (_rescale(f[keep].double(), self.scale) for f in (x, truth))
@@ -452,9 +456,8 @@ class StrouhalError(FieldMetric):
             self._sum_state(name)
 
     def update(self, x: Tensor, truth: Tensor, valid: Tensor | None = None) -> None:
-        _check_pair(x, truth)
-        keep = self._keep(valid, x)
-        if not keep.any():
+        keep = self._kept(x, truth, valid)
+        if keep is None:
             return
         args = (self.dt, self.x, self.y, self.diameter, 1.0, self.center)
         st = wake_strouhal(x[keep].double(), *args, strict=False)

@@ -7,7 +7,6 @@ import argparse
 import math
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -75,17 +74,16 @@ def add_baseline_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
 def run_baseline(args: argparse.Namespace) -> None:
     from ldiff.data.module import FieldDataModule
     from ldiff.lit.checkpoint import load_prior
-    from ldiff.nets.gaussian import GaussianPrior
+    from ldiff.nets.gaussian import GaussianPrior, fit_moments
 
     check_output(args.output, {"--checkpoint": args.checkpoint, "--data": args.data})
     net, schedule, normalizer, _ = load_prior(args.checkpoint)
     data = FieldDataModule(args.data, window=net.in_channels // 2, split=tuple(args.split), seed=args.seed, random_window=False)
     data.normalizer.load_state_dict(normalizer)
     data.setup()
-    train = data.dataset("train")
-    fields = torch.stack([train[i]["x"] for i in range(len(train))])
-    GaussianPrior.fit(fields, schedule).save(args.output)
-    print(f"{args.output}: Gaussian prior fitted to {len(fields)} training windows of {args.data}")
+    count = len(data.dataset("train"))
+    GaussianPrior(schedule, *fit_moments(data.training_windows())).save(args.output)
+    print(f"{args.output}: Gaussian prior fitted to {count} training windows of {args.data}")
 
 
 def add_quality_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -24,7 +24,9 @@ from ldiff.cli import main
 from ldiff.data.grf import generate_grf
 from ldiff.data.module import FieldDataModule
 from ldiff.data.store import save
-from ldiff.lit.checkpoint import load_prior
+from ldiff.diffusion.precond import GaussianPreconditioned
+from ldiff.lit.checkpoint import export_prior, load_prior
+from ldiff.nets.gaussian import GaussianPrior
 from ldiff.nets.unet import UNet, num_parameters
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "prior" / "grf-tiny.yaml"
@@ -139,6 +141,42 @@ def test_two_process_ddp_fit_writes_a_checkpoint(fitted, tmp_path):
     # 12 training windows shared by 2 ranks, batches of 4: ceil(6 / 4) = 2 steps
     assert checkpoint["global_step"] == 2
     load_prior(tmp_path / "checkpoints" / "last.ckpt")
+
+
+def test_gaussian_preconditioning_fits_every_training_window_and_travels_in_the_checkpoint(fitted, tmp_path):
+    """``--model.precondition gaussian``: the skip term's Gaussian is the mean and mean
+    periodogram of every training window (12 trajectories x 7 starts, normalised),
+    stored in both weight sets, kept on a resume and rebuilt by ``load_prior``."""
+    data, _ = fitted
+    assert run("fit", *fit_args(data, tmp_path / "run", "--trainer.max_epochs", "1", "--model.precondition", "gaussian")) == 0
+    module = FieldDataModule(str(data), window=2, split=(0.75, 0.125, 0.125), seed=0)
+    module.setup()
+    fields, norm = module.fields["train"], module.normalizer
+    windows = torch.stack([norm.normalize(fields[n, s : s + 2].reshape(4, 16, 16)) for n in range(len(fields)) for s in range(7)])
+    assert windows.shape == (84, 4, 16, 16)
+    torch.testing.assert_close(torch.cat(list(module.training_windows(chunk=5))), windows)
+    x = windows.double()
+    mean = x.mean(dim=(0, 2, 3))
+    power = torch.fft.fft2(x - mean[:, None, None], norm="ortho").abs().square().mean(dim=0)
+    power = power.clamp_min(1e-6 * power.mean())
+
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)["state_dict"]
+    for prefix in ("net.", "online."):
+        torch.testing.assert_close(state[prefix + "power"].double(), power, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(state[prefix + "mean"].double(), mean, rtol=1e-5, atol=1e-6)
+    assert run("fit", *fit_args(data, tmp_path / "resumed", "--trainer.max_epochs", "2", "--model.precondition", "gaussian", "--ckpt_path", str(last))) == 0
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 2 * STEPS_PER_EPOCH
+    torch.testing.assert_close(resumed["state_dict"]["net.power"], state["net.power"], rtol=0, atol=0)
+
+    net, schedule, _, hparams = load_prior(export_prior(last, tmp_path / "prior.ckpt"))
+    assert isinstance(net, GaussianPreconditioned) and hparams["precondition"] == "gaussian"
+    x_t, t = torch.randn(3, 4, 16, 16), torch.tensor([0.1, 0.5, 0.9])
+    mu, sigma = schedule.coefficients(t, x_t)
+    skip = net(x_t, t) - mu / (mu**2 + sigma**2).sqrt() * net.net(x_t, t)
+    exact = GaussianPrior(schedule, power.float(), mean.float())(x_t, t)
+    torch.testing.assert_close(skip, exact, rtol=1e-4, atol=1e-4)
 
 
 def error_line(capsys) -> str:

@@ -1,8 +1,9 @@
-"""SkipPreconditioned: exact for the unit Gaussian prior when the network outputs zero."""
+"""SkipPreconditioned and GaussianPreconditioned: exact for their Gaussian prior when the network outputs zero."""
 
+import pytest
 import torch
 
-from ldiff.diffusion.precond import SkipPreconditioned
+from ldiff.diffusion.precond import GaussianPreconditioned, SkipPreconditioned, preconditioned
 from ldiff.diffusion.schedules import CosineSchedule, LinearBetaSchedule
 from ldiff.nets.gaussian import GaussianPrior
 from ldiff.nets.unet import UNet
@@ -45,3 +46,59 @@ def test_parameters_and_channels_are_the_networks():
     model = SkipPreconditioned(net, CosineSchedule())
     assert model.in_channels == 2 and model.cond_channels == 0
     assert set(model.state_dict()) == {f"net.{k}" for k in net.state_dict()}
+
+
+def _gaussian(channels=2, h=8, w=12, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    power = torch.rand(channels, h, w, generator=generator) * 3 + 0.05
+    power = 0.5 * (power + torch.roll(torch.flip(power, (-2, -1)), (1, 1), (-2, -1)))  # P(k) = P(-k)
+    return power, torch.randn(channels, generator=generator)
+
+
+def test_gaussian_skip_with_a_zero_network_is_the_exact_eps_of_the_fitted_gaussian():
+    power, mean = _gaussian()
+    for schedule in (CosineSchedule(1e-3), LinearBetaSchedule()):
+        exact = GaussianPrior(schedule, power, mean)
+        model = GaussianPreconditioned(Zero(), schedule)
+        model.set_gaussian(power, mean)
+        x_t = torch.randn(5, 2, 8, 12)
+        t = torch.tensor([0.0, 0.2, 0.5, 0.9, 1.0])
+        torch.testing.assert_close(model(x_t, t), exact(x_t, t), rtol=1e-5, atol=1e-5)
+
+
+def test_gaussian_skip_of_the_unit_gaussian_is_skip_preconditioning():
+    schedule = CosineSchedule(1e-3)
+    net = UNet(2, widths=[8, 16], blocks_per_level=1)
+    model = GaussianPreconditioned(net, schedule)
+    model.set_gaussian(torch.ones(2, 8, 8), torch.zeros(2))
+    x_t, t = torch.randn(3, 2, 8, 8), torch.tensor([0.05, 0.5, 1.0])
+    torch.testing.assert_close(model(x_t, t), SkipPreconditioned(net, schedule)(x_t, t), rtol=1e-5, atol=1e-6)
+
+
+def test_an_unfitted_gaussian_skip_takes_the_stored_gaussian_from_a_state_dict():
+    schedule = CosineSchedule(1e-3)
+    power, mean = _gaussian()
+    fitted = GaussianPreconditioned(UNet(2, widths=[8, 16], blocks_per_level=1), schedule)
+    fitted.set_gaussian(power, mean)
+    fresh = GaussianPreconditioned(UNet(2, widths=[8, 16], blocks_per_level=1), schedule)
+    x_t, t = torch.randn(2, 2, 8, 12), torch.tensor([0.3, 0.8])
+    with pytest.raises(RuntimeError, match="no Gaussian yet"):
+        fresh(x_t, t)
+    fresh.load_state_dict(fitted.state_dict())
+    assert fresh.power.shape == (2, 8, 12) and fresh.mean.shape == (2,)
+    torch.testing.assert_close(fresh(x_t, t), fitted(x_t, t))
+    with pytest.raises(ValueError, match=r"fields of shape \(2, 8, 8\), the Gaussian's are \(2, 8, 12\)"):
+        fresh(torch.randn(1, 2, 8, 8), t[:1])
+    bad = dict(fitted.state_dict(), power=torch.ones(3, 8, 12))
+    with pytest.raises(RuntimeError, match=r"power must be \(2, H, W\)"):
+        fresh.load_state_dict(bad)
+
+
+def test_preconditioning_is_chosen_by_name_and_booleans_keep_their_meaning():
+    schedule, net = CosineSchedule(), Zero()
+    assert isinstance(preconditioned(net, schedule, True), SkipPreconditioned)
+    assert isinstance(preconditioned(net, schedule, "unit"), SkipPreconditioned)
+    assert isinstance(preconditioned(net, schedule, "gaussian"), GaussianPreconditioned)
+    assert preconditioned(net, schedule, False) is net and preconditioned(net, schedule, "none") is net
+    with pytest.raises(ValueError, match="precondition must be one of"):
+        preconditioned(net, schedule, "gauss")

@@ -27,7 +27,7 @@ exactly the scaling the prior was trained on.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -250,6 +250,16 @@ class FieldDataModule(L.LightningDataModule):
         shift = self.shift if name == "train" else (0, 0)
         args = (self.fields[name], self.splits[name], self.window, self.normalizer, self.cond)
         return WindowDataset(*args, random_window=random_window, stride=stride, shift=shift, seed=self.seed)
+
+    def training_windows(self, chunk: int = 32) -> Iterator[Tensor]:
+        """Every training window (starts ``0, 1, 2, ...``, as stored: no random start and
+        no shift), normalised, in chunks of (at most ``chunk``, 2 window, H, W): what a
+        statistic of the training distribution is computed from without holding it all
+        (the Gaussian skip term of ``ScorePrior(precondition="gaussian")``, ``ldiff baseline``)."""
+        args = (self.fields["train"], self.splits["train"], self.window, self.normalizer)
+        dataset = WindowDataset(*args, random_window=False, seed=self.seed)
+        for first in range(0, len(dataset), chunk):
+            yield torch.stack([dataset[i]["x"] for i in range(first, min(first + chunk, len(dataset)))])
 
     def train_dataloader(self) -> DataLoader:
         """Training batches in :class:`~ldiff.data.order.EpochOrder` (this rank's share

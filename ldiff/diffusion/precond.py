@@ -25,6 +25,25 @@ At :math:`t = 1` the network's error reaches :math:`\hat x` multiplied by
 :math:`t = 0` (:math:`c_{out} \to 1`) the network predicts the noise as before. The
 training target of :math:`F` has unit variance at every t under the Gaussian model.
 
+**Gaussian residual.** The unit Gaussian is a poor default for fields whose variance
+sits in a few large scales (the cylinder wake: 99 % of the energy in the first shells):
+every direction the network has not learned to handle keeps unit variance, white noise
+at the grid scale. :class:`GaussianPreconditioned` takes the skip term from the
+stationary Gaussian fitted to the training fields instead (:mod:`ldiff.nets.gaussian`,
+exact in closed form),
+
+.. math:: \hat\varepsilon(x_t, t) = \varepsilon_G(x_t, t) + c_{out}\, F(x_t, t),
+          \qquad \varepsilon_G = \sigma F^H \big[(\mu^2 P + \sigma^2)^{-1} \odot F(x_t - \mu m)\big],
+
+so :math:`F = 0` is the Gaussian fit, whose samples have the data's mean, variance and
+spectrum, and the network learns only what is not Gaussian and stationary (the mask,
+the wake's position, the phase coherence of the shedding). With :math:`P = 1, m = 0` it
+is :class:`SkipPreconditioned`. :math:`c_{out}` is the same scalar: for
+:math:`\operatorname{mean} P = 1` (normalised units) the mean over modes of the Gaussian's
+residual variance :math:`\mu^2 P/(\mu^2 P + \sigma^2)` is at most
+:math:`\mu^2/(\mu^2 + \sigma^2)` (Jensen), so the target of :math:`F` has at most unit
+variance per value under the Gaussian model, as before.
+
 References:
     Karras, Aittala, Aila & Laine, "Elucidating the Design Space of Diffusion-Based
     Generative Models", NeurIPS 2022, arXiv:2206.00364 (preconditioning).
@@ -32,19 +51,15 @@ References:
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ldiff.diffusion.schedules import Schedule
+from ldiff.nets.gaussian import gaussian_epsilon
 
 
-class SkipPreconditioned(nn.Module):
-    """An epsilon model ``c_skip(t) x_t + c_out(t) net(x_t, t, cond)`` (see the module docstring).
-
-    Args:
-        net: the raw network, ``net(x_t, t, cond)`` on (B, C, H, W); its parameters are
-            this module's (state-dict keys ``net.*``).
-        schedule: the VP schedule that defines ``mu`` and ``sigma``.
-    """
+class _Wrapper(nn.Module):
+    """A raw network ``net`` and the schedule it is preconditioned for; the channels are the network's."""
 
     def __init__(self, net: nn.Module, schedule: Schedule):
         super().__init__()
@@ -59,7 +74,91 @@ class SkipPreconditioned(nn.Module):
     def cond_channels(self) -> int | None:
         return getattr(self.net, "cond_channels", None)
 
+
+class SkipPreconditioned(_Wrapper):
+    """An epsilon model ``c_skip(t) x_t + c_out(t) net(x_t, t, cond)`` (see the module docstring).
+
+    Args:
+        net: the raw network, ``net(x_t, t, cond)`` on (B, C, H, W); its parameters are
+            this module's (state-dict keys ``net.*``).
+        schedule: the VP schedule that defines ``mu`` and ``sigma``.
+    """
+
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         mu, sigma = self.schedule.coefficients(t, x_t)
         total = mu**2 + sigma**2
         return (sigma / total) * x_t + (mu / total.sqrt()) * self.net(x_t, t, cond)
+
+
+class GaussianPreconditioned(_Wrapper):
+    """An epsilon model ``eps_G(x_t, t) + c_out(t) net(x_t, t, cond)``, ``eps_G`` the exact
+    epsilon of a fitted stationary Gaussian (see the module docstring).
+
+    The Gaussian's ``power`` (C, H, W) and ``mean`` (C,) are buffers (state-dict keys
+    ``power``, ``mean``; the network's are ``net.*``), empty until :meth:`set_gaussian`
+    fills them or a state dict is loaded, which sizes them to the stored tensors: the
+    grid is the data's, not the network's, so it is not known when the module is built.
+
+    Args:
+        net: the raw network, ``net(x_t, t, cond)`` on (B, C, H, W).
+        schedule: the VP schedule that defines ``mu`` and ``sigma``.
+    """
+
+    def __init__(self, net: nn.Module, schedule: Schedule):
+        super().__init__(net, schedule)
+        self.register_buffer("power", torch.zeros(0))
+        self.register_buffer("mean", torch.zeros(0))
+
+    @property
+    def fitted(self) -> bool:
+        return self.power.numel() > 0
+
+    def set_gaussian(self, power: Tensor, mean: Tensor) -> None:
+        """Use the Gaussian of eigenvalues ``power`` (C, H, W) and channel means ``mean`` (C,)."""
+        channels = getattr(self.net, "in_channels", None)
+        if power.dim() != 3 or mean.shape != power.shape[:1] or (channels is not None and power.shape[0] != channels):
+            raise ValueError(
+                f"GaussianPreconditioned: power must be ({channels}, H, W) and mean ({channels},), "
+                f"got {tuple(power.shape)} and {tuple(mean.shape)}"
+            )
+        if (power < 0).any() or not torch.isfinite(power).all() or not torch.isfinite(mean).all():
+            raise ValueError("GaussianPreconditioned: power must be finite and non-negative, mean finite")
+        device = self.power.device
+        self.power = power.detach().to(device, torch.float32).clone()
+        self.mean = mean.detach().to(device, torch.float32).clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        power, mean = state_dict.get(prefix + "power"), state_dict.get(prefix + "mean")
+        if power is not None and mean is not None and power.numel():
+            try:
+                self.set_gaussian(power, mean)
+            except ValueError as error:
+                error_msgs.append(f"{prefix}power / {prefix}mean: {error}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        if not self.fitted:
+            raise RuntimeError("GaussianPreconditioned: no Gaussian yet (ScorePrior fits it to the training split when fit starts)")
+        if x_t.shape[-3:] != self.power.shape:
+            raise ValueError(f"GaussianPreconditioned: fields of shape {tuple(x_t.shape[-3:])}, the Gaussian's are {tuple(self.power.shape)}")
+        mu, sigma = self.schedule.coefficients(t, x_t)
+        skip = gaussian_epsilon(x_t, mu, sigma, self.power, self.mean)
+        return skip + (mu / (mu**2 + sigma**2).sqrt()) * self.net(x_t, t, cond)
+
+
+PRECONDITIONINGS = ("unit", "gaussian", "none")
+"""Values of ``ScorePrior(precondition=...)``; ``True`` and ``False`` mean ``unit`` and ``none``."""
+
+
+def preconditioned(net: nn.Module, schedule: Schedule, kind: bool | str) -> nn.Module:
+    """``net`` wrapped as ``kind`` says: ``"unit"`` (or ``True``) in
+    :class:`SkipPreconditioned`, ``"gaussian"`` in :class:`GaussianPreconditioned`
+    (unfitted), ``"none"`` (or ``False``) as it is."""
+    kind = {True: "unit", False: "none"}.get(kind, kind) if isinstance(kind, bool) else kind
+    if kind not in PRECONDITIONINGS:
+        raise ValueError(f"precondition must be one of {PRECONDITIONINGS} (or true / false), got {kind!r}")
+    if kind == "unit":
+        return SkipPreconditioned(net, schedule)
+    if kind == "gaussian":
+        return GaussianPreconditioned(net, schedule)
+    return net

@@ -47,7 +47,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor, nn
 
 from ldiff.config import instantiate
-from ldiff.diffusion.precond import SkipPreconditioned
+from ldiff.diffusion.precond import preconditioned
 from ldiff.diffusion.schedules import Schedule
 from ldiff.files import atomic_write
 
@@ -107,6 +107,8 @@ def check_state(model: nn.Module, state: dict[str, Tensor], where: str, prefix: 
     for key, tensor in expected.items():
         if key not in state:
             raise ValueError(f"{where}: parameter {prefix}{key} is missing, the model expects it")
+        if tensor.numel() == 0 and key.rsplit(".", 1)[-1] in ("power", "mean"):
+            continue  # an unfitted Gaussian skip term takes the stored shape (GaussianPreconditioned)
         if state[key].shape != tensor.shape:
             raise ValueError(
                 f"{where}: parameter {prefix}{key} has shape {tuple(state[key].shape)}, "
@@ -146,15 +148,20 @@ def load_prior(
         raise ValueError(f"{path}: hyper_parameters lack 'net' and 'schedule'; not a ScorePrior checkpoint")
     net = instantiate(hparams["net"], f"{path}: hyper_parameters.net", base=nn.Module)
     schedule = instantiate(hparams["schedule"], f"{path}: hyper_parameters.schedule", base=Schedule)
-    if hparams.get("precondition", False):
-        net = SkipPreconditioned(net, schedule)
+    try:
+        net = preconditioned(net, schedule, hparams.get("precondition", False))
+    except ValueError as error:
+        raise ValueError(f"{path}: hyper_parameters.{error}") from None
     state = {
         key[len(PRIOR_PREFIX) :]: value
         for key, value in checkpoint["state_dict"].items()
         if key.startswith(PRIOR_PREFIX)
     }
     check_state(net, state, f"checkpoint {path}")
-    net.load_state_dict(state)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as error:  # a stored Gaussian skip term of the wrong shape
+        raise ValueError(f"checkpoint {path}: {str(error).splitlines()[-1].strip()}") from None
     if isinstance(map_location, (str, torch.device)):
         net.to(map_location)
     return net.eval().requires_grad_(False), schedule, checkpoint["normalizer"], hparams

@@ -63,7 +63,7 @@ from torch import Tensor, nn
 
 from ldiff.diffusion.denoise import LOSS_WEIGHTINGS, LossWeighting, epsilon_errors, epsilon_loss, loss_weight
 from ldiff.diffusion.noise import keyed_generator
-from ldiff.diffusion.precond import SkipPreconditioned
+from ldiff.diffusion.precond import GaussianPreconditioned, preconditioned
 from ldiff.diffusion.schedules import CosineSchedule, Schedule
 from ldiff.lit.ema import averaged_copy, check_decay, update_average
 from ldiff.nets.unet import num_parameters
@@ -97,9 +97,13 @@ class ScorePrior(L.LightningModule):
         lr_schedule: ``"cosine"``, ``"linear"`` or ``"constant"`` decay of the learning
             rate over the run's optimiser steps.
         ema_decay: decay of the weight average, in [0, 1).
-        precondition: wrap ``net`` in :class:`~ldiff.diffusion.precond.SkipPreconditioned`
-            (recorded in the checkpoint; :func:`~ldiff.lit.checkpoint.load_prior` rebuilds
-            the same model).
+        precondition: ``"unit"`` (or ``True``) wraps ``net`` in
+            :class:`~ldiff.diffusion.precond.SkipPreconditioned`, ``"gaussian"`` in
+            :class:`~ldiff.diffusion.precond.GaussianPreconditioned`, whose Gaussian is
+            fitted to every training window when ``fit`` starts (a resumed run then
+            loads the checkpoint's copy over it), ``"none"`` (or ``False``) trains ``net`` as it is.
+            Recorded in the checkpoint; :func:`~ldiff.lit.checkpoint.load_prior`
+            rebuilds the same model.
         loss_weighting: ``"epsilon"`` or ``"edm"`` (see the module docstring).
 
     Batches are dicts with ``x`` (B, C, H, W) in normalised units and optionally ``cond``
@@ -114,7 +118,7 @@ class ScorePrior(L.LightningModule):
         weight_decay: float = 1e-3,
         lr_schedule: LRSchedule = "cosine",
         ema_decay: float = 0.999,
-        precondition: bool = True,
+        precondition: bool | Literal["unit", "gaussian", "none"] = True,
         loss_weighting: LossWeighting = "epsilon",
     ):
         super().__init__()
@@ -125,7 +129,7 @@ class ScorePrior(L.LightningModule):
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"ScorePrior: loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
         self.save_hyperparameters()
-        self.online = SkipPreconditioned(net, schedule) if precondition else net
+        self.online = preconditioned(net, schedule, precondition)
         self.net = averaged_copy(self.online)
         self.schedule = schedule
         self.lr, self.weight_decay, self.lr_schedule = lr, weight_decay, lr_schedule
@@ -140,6 +144,22 @@ class ScorePrior(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         check_channels(self.online, self.trainer.datamodule)
+        if stage == "fit" and isinstance(self.online, GaussianPreconditioned) and not self.online.fitted:
+            self.fit_gaussian(self.trainer.datamodule)
+
+    def fit_gaussian(self, datamodule: Any) -> None:
+        """Fit the stationary Gaussian of ``precondition="gaussian"`` to every training
+        window of ``datamodule`` (its ``training_windows()``, streamed in chunks), in the
+        normalised units the network sees; the same on every rank (the same data)."""
+        from ldiff.nets.gaussian import fit_moments
+
+        windows = getattr(datamodule, "training_windows", None)
+        if windows is None:
+            raise ValueError(f"ScorePrior: precondition 'gaussian' needs a data module with training_windows(), not a {type(datamodule).__name__}")
+        power, mean = fit_moments(windows())
+        for module in (self.online, self.net):
+            module.set_gaussian(power, mean)
+        rank_zero_info(f"ScorePrior: Gaussian skip term fitted to the training windows ({tuple(power.shape)})")
 
     def on_fit_start(self) -> None:
         count = num_parameters(self.online)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -87,6 +87,49 @@ def tweedie_cov(power: Tensor, v: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
     return fourier_filter(v, sigma**2 * power / (mu**2 * power + sigma**2))
 
 
+def gaussian_epsilon(x_t: Tensor, mu: Tensor, sigma: Tensor, power: Tensor, mean: Tensor) -> Tensor:
+    r"""The exact epsilon :math:`\sigma F^H [(\mu^2 P + \sigma^2)^{-1} \odot F(x_t - \mu m)]` of the
+    stationary Gaussian of eigenvalues ``power`` (C, H, W) and channel means ``mean`` (C,),
+    for ``x_t`` (B, C, H, W) and ``mu``, ``sigma`` broadcastable against it."""
+    centred = x_t - mu * mean[:, None, None]
+    return sigma * fourier_filter(centred, 1 / (mu**2 * power + sigma**2))
+
+
+def fit_moments(chunks: Iterable[Tensor], floor: float = 1e-6) -> tuple[Tensor, Tensor]:
+    r"""``(power, mean)`` of the stationary Gaussian fitted to the fields in ``chunks``
+    (each (n, C, H, W); all fields weigh the same), in one pass and in float64.
+
+    The mean is :math:`m_c = \operatorname{mean}_{n,i} x_{nci}` and the power the mean
+    periodogram of the centred fields, :math:`P = \operatorname{mean}_n |F(x_n - m)|^2`.
+    Centring moves only the :math:`k = 0` coefficient, :math:`F(x - m)(0) = F x(0) - c`
+    with :math:`c = \sqrt{HW}\, m = \operatorname{mean}_n F x_n(0)`, so one pass over the
+    sums of :math:`|F x|^2` and :math:`F x(0)` gives both:
+    :math:`P(0) = \operatorname{mean}_n |F x_n(0)|^2 - c^2`. The float64 and complex
+    copies never hold more than one chunk (all 850 cylinder windows of 32 x 99 x 199 at
+    once would take 4.3 and 8.6 GB).
+
+    Args:
+        chunks: fields, e.g. ``x.split(32)`` or batches read from a data set.
+        floor: lower bound on ``P`` relative to its mean, keeping ``Sigma`` invertible.
+    """
+    count, square, zero = 0, None, None
+    for part in chunks:
+        if part.dim() != 4:
+            raise ValueError(f"fit_moments: need fields of shape (n, C, H, W), got {tuple(part.shape)}")
+        if not torch.isfinite(part).all():
+            raise ValueError("fit_moments: training fields hold NaN or Inf")
+        coeffs = _fft(part.double())
+        part_square, part_zero = coeffs.abs().square().sum(dim=0), coeffs[:, :, 0, 0].real.sum(dim=0)
+        square, zero = (part_square, part_zero) if square is None else (square + part_square, zero + part_zero)
+        count += part.shape[0]
+    if count < 2:
+        raise ValueError(f"fit_moments: need at least 2 fields, got {count}")
+    power, centre = square / count, zero / count
+    power[:, 0, 0] = (power[:, 0, 0] - centre**2).clamp_min(0)
+    h, w = power.shape[-2:]
+    return power.clamp_min(floor * power.mean()), centre / (h * w) ** 0.5
+
+
 def load_state(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
     """``(power, mean)`` of a file written by :meth:`GaussianPrior.save`, read weights
     only (no pickled objects); ``ValueError`` naming the file if it is not one."""
@@ -125,26 +168,16 @@ class GaussianPrior(nn.Module):
 
     @classmethod
     def fit(cls, x: Tensor, schedule: Schedule, floor: float = 1e-6, chunk: int = 32) -> "GaussianPrior":
-        """Fit to data: channel means and the mean periodogram, in float64.
-
-        Both are sums over the N fields, accumulated ``chunk`` fields at a time, so the
-        float64 and complex copies never hold more than ``chunk`` fields (for the 856
-        cylinder windows of 32 x 99 x 199 at once they would take 4.3 and 8.6 GB).
+        """Fit to data, ``chunk`` fields at a time: :func:`fit_moments` of ``x.split(chunk)``.
 
         Args:
             x: training fields, shape (N, C, H, W).
             floor: lower bound on ``P`` relative to its mean, keeping ``Sigma`` invertible.
             chunk: fields per FFT batch (the result does not depend on it).
         """
-        if x.dim() != 4 or x.shape[0] < 2:
-            raise ValueError(f"GaussianPrior.fit: need at least 2 fields of shape (N, C, H, W), got {tuple(x.shape)}")
-        if not torch.isfinite(x).all():
-            raise ValueError("GaussianPrior.fit: training fields hold NaN or Inf")
-        parts = x.split(chunk)
-        mean = sum(part.double().sum(dim=(0, 2, 3)) for part in parts) / (x.shape[0] * x.shape[2] * x.shape[3])
-        power = sum(_fft(part.double() - mean[:, None, None]).abs().square().sum(dim=0) for part in parts) / x.shape[0]
-        power = power.clamp_min(floor * power.mean())
-        return cls(schedule, power, mean)
+        if x.dim() != 4:
+            raise ValueError(f"GaussianPrior.fit: need fields of shape (N, C, H, W), got {tuple(x.shape)}")
+        return cls(schedule, *fit_moments(x.split(chunk), floor))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``power`` and ``mean`` (tensors only) to ``path``, atomically."""
@@ -162,8 +195,7 @@ class GaussianPrior(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """Exact epsilon. ``x_t``: (B, C, H, W); ``t``: (B,) or scalar. ``cond`` is ignored."""
         mu, sigma = self.schedule.coefficients(t, x_t)
-        centred = x_t - mu * self.mean[:, None, None]
-        return sigma * fourier_filter(centred, 1 / (mu**2 * self.power + sigma**2))
+        return gaussian_epsilon(x_t, mu, sigma, self.power, self.mean)
 
     def cov(self, v: Tensor) -> Tensor:
         r""":math:`\Sigma v` for ``v`` of shape (B, C, H, W)."""

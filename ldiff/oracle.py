@@ -55,8 +55,8 @@ from ldiff.config import check_keys, instantiate, load_yaml, select
 from ldiff.diffusion.schedules import CosineSchedule
 from ldiff.lit.inference import InferenceModule, item_generator
 from ldiff.metrics import BALANCED, DIVERGED, FLAT
-from ldiff.nets.gaussian import GaussianPrior, power_law, subsample_preconditioner
-from ldiff.observe import Operator, Subsample, observe
+from ldiff.nets.gaussian import GaussianPrior, power_law, preconditioner_for
+from ldiff.observe import Operator, observe
 from ldiff.tracking import RunLog, provenance, write_json
 
 KEYS = {"oracle", "model", "operators", "strategies", "output", "wandb"}
@@ -124,7 +124,7 @@ def references(prior: GaussianPrior, op: Operator, y: Tensor, std: float, k: int
     :math:`|(A \Sigma A^T + s^2 I) w - y| / |y|` of the mean's solve, for observations
     ``y`` (B, *obs_shape) (zero prior mean)."""
     shape = tuple(prior.power.shape)
-    precondition = subsample_preconditioner(prior.power, op.stride, tuple(y.shape[1:]), std) if isinstance(op, Subsample) else None
+    precondition = preconditioner_for(prior.power, op, tuple(y.shape[1:]), std)
     w, relres = prior.solve(y, op, std, maxiter, precondition)  # zero prior mean
     mean = prior.cov(op.adjoint(w, shape))
     generator = torch.Generator().manual_seed(seed)

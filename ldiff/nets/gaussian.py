@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -41,7 +42,11 @@ from ldiff.diffusion.noise import randn
 from ldiff.diffusion.schedules import Schedule
 from ldiff.files import atomic_write
 from ldiff.linalg import truncated_cg
-from ldiff.observe import Operator, check_std
+from ldiff.observe import Operator, Subsample, check_std
+
+
+CG_WARN = 1e-3
+"""Relative residual of the posterior solve above which :class:`GaussianPrior` warns."""
 
 
 def _fft(x: Tensor) -> Tensor:
@@ -221,8 +226,15 @@ class GaussianPrior(nn.Module):
         return w, relres
 
     def _gain(self, residual: Tensor, op: Operator, std: float | Tensor, maxiter: int, precondition: Callable | None = None) -> Tensor:
-        r""":math:`\Sigma A^T (A \Sigma A^T + s^2 I)^{-1} r` for residuals ``r`` (B, *obs_shape)."""
-        w, _ = self.solve(residual, op, std, maxiter, precondition)
+        r""":math:`\Sigma A^T (A \Sigma A^T + s^2 I)^{-1} r` for residuals ``r`` (B, *obs_shape);
+        a warning gives the relative residual where CG stopped above ``CG_WARN``."""
+        w, relres = self.solve(residual, op, std, maxiter, precondition)
+        if relres.max().item() > CG_WARN:
+            warnings.warn(
+                f"GaussianPrior: conjugate gradients stopped at relative residual {relres.max().item():.2g} after {maxiter} "
+                "iterations: the posterior is not exact (raise maxiter; strided observations use subsample_preconditioner)",
+                stacklevel=3,
+            )
         return self.cov(op.adjoint(w, tuple(self.power.shape)))
 
     def posterior_mean(self, y: Tensor, op: Operator, std: float | Tensor, maxiter: int = 500, precondition: Callable | None = None) -> Tensor:
@@ -246,6 +258,16 @@ class GaussianPrior(nn.Module):
         noise = randn(y.shape, generator, device=y.device, dtype=y.dtype)
         y_sim = op(x_prior) + torch.as_tensor(std, dtype=y.dtype, device=y.device) * noise
         return x_prior + self._gain(y - y_sim, op, std, maxiter, precondition)
+
+
+def preconditioner_for(power: Tensor, op: Operator, obs_shape: tuple[int, ...], std: float | Tensor) -> Callable[[Tensor], Tensor] | None:
+    """:func:`subsample_preconditioner` for ``Subsample`` observations (its circulant
+    ignores the offset: the prior is stationary), None for other operators (plain CG).
+    A noise std that varies over the observations enters as its rms: any symmetric
+    positive-definite approximation of the inverse keeps CG exact, only its speed changes."""
+    if not isinstance(op, Subsample):
+        return None
+    return subsample_preconditioner(power, op.stride, obs_shape, torch.as_tensor(std, dtype=torch.float64).square().mean().sqrt().item())
 
 
 def subsample_preconditioner(power: Tensor, stride: int, obs_shape: tuple[int, ...], std: float) -> Callable[[Tensor], Tensor]:

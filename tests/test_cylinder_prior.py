@@ -7,14 +7,14 @@ held-out 16-frame window (2 x 16 x 99 x 199 values) from x subsampling 4 and 16
 One posterior sample, 32 predictor steps (the README table's), noise std 0.1 in
 normalised units.
 
-What holds (the first test): finite samples, none diverged or flat, the observations
-fitted to within the noise, and the wake shedding at the truth's frequency.
+What holds: finite samples, none diverged or flat, the observations fitted to within
+the noise, the wake shedding at the truth's frequency, and issue 15's energy ratio
+(0.9-1.1) at both rates and normalised RMSE (rel_l2 < 0.3) at sub 4.
 
-What does not hold yet (the second test, a strict xfail that fails as soon as it
-passes): issue 15's bounds on the field itself, an energy ratio within 0.9-1.1 and a
-normalised RMSE (rel_l2) below 0.3. This prior's samples carry grid-scale noise
-between the sensors (its model card: vorticity std 3.8x the data's); the README's
-cylinder table measures it at every rate.
+What does not hold yet (a strict xfail, which fails as soon as it passes): rel_l2 < 0.3
+at sub 16, where one sample's error is about 0.5. The posterior mean of the exact
+Gaussian fit is at 0.38 there, and a posterior sample's error exceeds its posterior
+mean's by the posterior spread; the README's cylinder table measures it at every rate.
 """
 
 from pathlib import Path
@@ -57,8 +57,13 @@ def test_the_shipped_cylinder_prior_reconstructs_a_held_out_window(reconstructio
     assert results["strouhal_truth"] == pytest.approx(0.18, rel=0.05)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: this prior's samples are too noisy between the sensors (energy ratio > 1.1, rel_l2 > 0.3)")
-def test_the_reconstruction_meets_issue_15_bounds_on_the_field(reconstruction):
+def test_the_energy_ratio_meets_issue_15_bounds_at_both_rates(reconstruction):
     _, module = reconstruction
-    results = module.results()
-    assert 0.9 <= results["energy_ratio"] <= 1.1 and results["rel_l2"] < 0.3
+    assert 0.9 <= module.results()["energy_ratio"] <= 1.1
+
+
+def test_the_normalised_rmse_meets_issue_15_bound(reconstruction, request):
+    stride, module = reconstruction
+    if stride == 16:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="issue 15: one sample's rel_l2 at sub 16 is about 0.5 (the exact Gaussian posterior mean's: 0.38)"))
+    assert module.results()["rel_l2"] < 0.3

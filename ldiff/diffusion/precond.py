@@ -55,7 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from ldiff.diffusion.schedules import Schedule
-from ldiff.nets.gaussian import gaussian_epsilon
+from ldiff.nets.gaussian import check_gaussian, gaussian_epsilon
 
 
 class _Wrapper(nn.Module):
@@ -115,14 +115,9 @@ class GaussianPreconditioned(_Wrapper):
 
     def set_gaussian(self, power: Tensor, mean: Tensor) -> None:
         """Use the Gaussian of eigenvalues ``power`` (C, H, W) and channel means ``mean`` (C,)."""
-        channels = getattr(self.net, "in_channels", None)
-        if power.dim() != 3 or mean.shape != power.shape[:1] or (channels is not None and power.shape[0] != channels):
-            raise ValueError(
-                f"GaussianPreconditioned: power must be ({channels}, H, W) and mean ({channels},), "
-                f"got {tuple(power.shape)} and {tuple(mean.shape)}"
-            )
-        if (power < 0).any() or not torch.isfinite(power).all() or not torch.isfinite(mean).all():
-            raise ValueError("GaussianPreconditioned: power must be finite and non-negative, mean finite")
+        check_gaussian(power, mean, "GaussianPreconditioned", getattr(self.net, "in_channels", None))
+        if not torch.isfinite(mean).all():
+            raise ValueError("GaussianPreconditioned: mean must be finite")
         device = self.power.device
         self.power = power.detach().to(device, torch.float32).clone()
         self.mean = mean.detach().to(device, torch.float32).clone()

@@ -107,8 +107,8 @@ def check_state(model: nn.Module, state: dict[str, Tensor], where: str, prefix: 
     for key, tensor in expected.items():
         if key not in state:
             raise ValueError(f"{where}: parameter {prefix}{key} is missing, the model expects it")
-        if tensor.numel() == 0 and key.rsplit(".", 1)[-1] in ("power", "mean"):
-            continue  # an unfitted Gaussian skip term takes the stored shape (GaussianPreconditioned)
+        if tensor.numel() == 0:
+            continue  # a buffer not sized yet takes the stored shape (GaussianPreconditioned's Gaussian)
         if state[key].shape != tensor.shape:
             raise ValueError(
                 f"{where}: parameter {prefix}{key} has shape {tuple(state[key].shape)}, "

@@ -66,6 +66,7 @@ from ldiff.diffusion.noise import keyed_generator
 from ldiff.diffusion.precond import GaussianPreconditioned, preconditioned
 from ldiff.diffusion.schedules import CosineSchedule, Schedule
 from ldiff.lit.ema import averaged_copy, check_decay, update_average
+from ldiff.nets.gaussian import fit_moments
 from ldiff.nets.unet import num_parameters
 
 LRSchedule = Literal["cosine", "linear", "constant"]
@@ -151,8 +152,6 @@ class ScorePrior(L.LightningModule):
         """Fit the stationary Gaussian of ``precondition="gaussian"`` to every training
         window of ``datamodule`` (its ``training_windows()``, streamed in chunks), in the
         normalised units the network sees; the same on every rank (the same data)."""
-        from ldiff.nets.gaussian import fit_moments
-
         windows = getattr(datamodule, "training_windows", None)
         if windows is None:
             raise ValueError(f"ScorePrior: precondition 'gaussian' needs a data module with training_windows(), not a {type(datamodule).__name__}")

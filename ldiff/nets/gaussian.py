@@ -135,6 +135,16 @@ def fit_moments(chunks: Iterable[Tensor], floor: float = 1e-6) -> tuple[Tensor, 
     return power.clamp_min(floor * power.mean()), centre / (h * w) ** 0.5
 
 
+def check_gaussian(power: Tensor, mean: Tensor, where: str, channels: int | None = None) -> None:
+    """``ValueError`` from ``where`` unless ``power`` is (C, H, W), finite and non-negative
+    and ``mean`` is (C,), with C = ``channels`` when given."""
+    c = "C" if channels is None else channels
+    if power.dim() != 3 or mean.shape != power.shape[:1] or (channels is not None and power.shape[0] != channels):
+        raise ValueError(f"{where}: power must be ({c}, H, W) and mean ({c},), got {tuple(power.shape)}, {tuple(mean.shape)}")
+    if (power < 0).any() or not torch.isfinite(power).all():
+        raise ValueError(f"{where}: power must be finite and non-negative")
+
+
 def load_state(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
     """``(power, mean)`` of a file written by :meth:`GaussianPrior.save`, read weights
     only (no pickled objects); ``ValueError`` naming the file if it is not one."""
@@ -163,10 +173,7 @@ class GaussianPrior(nn.Module):
 
     def __init__(self, schedule: Schedule, power: Tensor, mean: Tensor):
         super().__init__()
-        if power.dim() != 3 or mean.shape != power.shape[:1]:
-            raise ValueError(f"GaussianPrior: power must be (C, H, W) and mean (C,), got {tuple(power.shape)}, {tuple(mean.shape)}")
-        if (power < 0).any() or not torch.isfinite(power).all():
-            raise ValueError("GaussianPrior: power must be finite and non-negative")
+        check_gaussian(power, mean, "GaussianPrior")
         self.schedule = schedule
         self.register_buffer("power", power.float())
         self.register_buffer("mean", mean.float())

@@ -26,7 +26,7 @@ from ldiff.data.module import FieldDataModule
 from ldiff.data.store import save
 from ldiff.diffusion.precond import GaussianPreconditioned
 from ldiff.lit.checkpoint import export_prior, load_prior
-from ldiff.nets.gaussian import GaussianPrior
+from ldiff.nets.gaussian import GaussianPrior, fit_moments
 from ldiff.nets.unet import UNet, num_parameters
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "prior" / "grf-tiny.yaml"
@@ -131,15 +131,24 @@ def test_validate_reproduces_the_logged_validation_loss(fitted, tmp_path):
     assert float(row["val/loss"]) == pytest.approx(logged[-1], rel=1e-6)
 
 
-def test_two_process_ddp_fit_writes_a_checkpoint(fitted, tmp_path):
+def test_two_process_ddp_fit_writes_a_checkpoint_with_the_gaussian_of_all_windows(fitted, tmp_path):
+    """2 DDP processes with ``precondition: gaussian``: each rank sums its half of the
+    training windows and the sums are all-reduced, so the checkpoint holds the Gaussian of
+    all 84 windows (as one process fits it), and the averaged copy the same."""
     data, _ = fitted
-    args = fit_args(data, tmp_path, "--trainer.max_epochs", "1", "--trainer.devices", "2", "--trainer.strategy", "ddp")
+    args = fit_args(data, tmp_path, "--trainer.max_epochs", "1", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--model.precondition", "gaussian")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "ldiff.cli", "fit", *args], env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     # 12 training windows shared by 2 ranks, batches of 4: ceil(6 / 4) = 2 steps
     assert checkpoint["global_step"] == 2
+    module = FieldDataModule(str(data), window=2, split=(0.75, 0.125, 0.125), seed=0)
+    module.setup()
+    power, mean = fit_moments(module.training_windows())
+    for prefix in ("net.", "online."):
+        torch.testing.assert_close(checkpoint["state_dict"][prefix + "power"].double(), power, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(checkpoint["state_dict"][prefix + "mean"].double(), mean, rtol=1e-6, atol=1e-7)
     load_prior(tmp_path / "checkpoints" / "last.ckpt")
 
 
@@ -155,6 +164,9 @@ def test_gaussian_preconditioning_fits_every_training_window_and_travels_in_the_
     windows = torch.stack([norm.normalize(fields[n, s : s + 2].reshape(4, 16, 16)) for n in range(len(fields)) for s in range(7)])
     assert windows.shape == (84, 4, 16, 16)
     torch.testing.assert_close(torch.cat(list(module.training_windows(chunk=5))), windows)
+    shards = [torch.cat(list(module.training_windows(chunk=4, rank=r, replicas=3))) for r in range(3)]
+    for r, shard in enumerate(shards):  # window i on rank i % 3: disjoint, all of them
+        torch.testing.assert_close(shard, windows[r::3])
     x = windows.double()
     mean = x.mean(dim=(0, 2, 3))
     power = torch.fft.fft2(x - mean[:, None, None], norm="ortho").abs().square().mean(dim=0)
@@ -165,10 +177,19 @@ def test_gaussian_preconditioning_fits_every_training_window_and_travels_in_the_
     for prefix in ("net.", "online."):
         torch.testing.assert_close(state[prefix + "power"].double(), power, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(state[prefix + "mean"].double(), mean, rtol=1e-5, atol=1e-6)
-    assert run("fit", *fit_args(data, tmp_path / "resumed", "--trainer.max_epochs", "2", "--model.precondition", "gaussian", "--ckpt_path", str(last))) == 0
+    # a resume keeps the checkpoint's Gaussian and does not fit again: a checkpoint whose
+    # Gaussian differs from the data's (power doubled) comes back doubled, bit for bit
+    stored = torch.load(last, weights_only=True)
+    for prefix in ("net.", "online."):
+        stored["state_dict"][prefix + "power"] *= 2
+    torch.save(stored, tmp_path / "doubled.ckpt")
+    with mock.patch("ldiff.lit.prior.moment_sums", side_effect=AssertionError("fitted again on a resume")):
+        args = fit_args(data, tmp_path / "resumed", "--trainer.max_epochs", "2", "--model.precondition", "gaussian", "--ckpt_path", str(tmp_path / "doubled.ckpt"))
+        assert run("fit", *args) == 0
     resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 2 * STEPS_PER_EPOCH
-    torch.testing.assert_close(resumed["state_dict"]["net.power"], state["net.power"], rtol=0, atol=0)
+    for prefix in ("net.", "online."):
+        torch.testing.assert_close(resumed["state_dict"][prefix + "power"], 2 * state["net.power"], rtol=0, atol=0)
 
     net, schedule, _, hparams = load_prior(export_prior(last, tmp_path / "prior.ckpt"))
     assert isinstance(net, GaussianPreconditioned) and hparams["precondition"] == "gaussian"

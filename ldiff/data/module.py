@@ -251,15 +251,21 @@ class FieldDataModule(L.LightningDataModule):
         args = (self.fields[name], self.splits[name], self.window, self.normalizer, self.cond)
         return WindowDataset(*args, random_window=random_window, stride=stride, shift=shift, seed=self.seed)
 
-    def training_windows(self, chunk: int = 32) -> Iterator[Tensor]:
+    def training_windows(self, chunk: int = 32, rank: int = 0, replicas: int = 1) -> Iterator[Tensor]:
         """Every training window (starts ``0, 1, 2, ...``, as stored: no random start and
         no shift), normalised, in chunks of (at most ``chunk``, 2 window, H, W): what a
         statistic of the training distribution is computed from without holding it all
-        (the Gaussian skip term of ``ScorePrior(precondition="gaussian")``, ``ldiff baseline``)."""
+        (the Gaussian skip term of ``ScorePrior(precondition="gaussian")``, ``ldiff baseline``).
+
+        With ``replicas`` > 1, only windows ``rank, rank + replicas, ...``: the shards of
+        ``rank = 0 .. replicas - 1`` are disjoint and together hold every window once."""
+        if not 0 <= rank < replicas:
+            raise ValueError(f"training_windows: need 0 <= rank < replicas, got rank {rank} of {replicas}")
         args = (self.fields["train"], self.splits["train"], self.window, self.normalizer)
         dataset = WindowDataset(*args, random_window=False, seed=self.seed)
-        for first in range(0, len(dataset), chunk):
-            yield torch.stack([dataset[i]["x"] for i in range(first, min(first + chunk, len(dataset)))])
+        mine = range(rank, len(dataset), replicas)
+        for first in range(0, len(mine), chunk):
+            yield torch.stack([dataset[i]["x"] for i in mine[first : first + chunk]])
 
     def train_dataloader(self) -> DataLoader:
         """Training batches in :class:`~ldiff.data.order.EpochOrder` (this rank's share

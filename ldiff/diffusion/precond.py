@@ -95,9 +95,10 @@ class GaussianPreconditioned(_Wrapper):
     epsilon of a fitted stationary Gaussian (see the module docstring).
 
     The Gaussian's ``power`` (C, H, W) and ``mean`` (C,) are buffers (state-dict keys
-    ``power``, ``mean``; the network's are ``net.*``), empty until :meth:`set_gaussian`
-    fills them or a state dict is loaded, which sizes them to the stored tensors: the
-    grid is the data's, not the network's, so it is not known when the module is built.
+    ``power``, ``mean``; the network's are ``net.*``), empty until :meth:`size_gaussian`
+    allocates them, :meth:`set_gaussian` fills them or a state dict is loaded, which sizes
+    them to the stored tensors: the grid is the data's, not the network's, so it is not
+    known when the module is built. ``fitted`` is true once values are set or loaded.
 
     Args:
         net: the raw network, ``net(x_t, t, cond)`` on (B, C, H, W).
@@ -108,19 +109,33 @@ class GaussianPreconditioned(_Wrapper):
         super().__init__(net, schedule)
         self.register_buffer("power", torch.zeros(0))
         self.register_buffer("mean", torch.zeros(0))
+        self._fitted = False
 
     @property
     def fitted(self) -> bool:
-        return self.power.numel() > 0
+        return self._fitted
+
+    def size_gaussian(self, shape: tuple[int, int, int]) -> None:
+        """Allocate zero, not-yet-fitted buffers for fields of ``shape`` (C, H, W), so that a
+        later :meth:`set_gaussian` (or load) writes into the same tensors: DDP and the
+        optimizer's device move keep references to a module's buffers."""
+        like = {"device": self.power.device, "dtype": self.power.dtype}
+        self.power = torch.zeros(shape, **like)
+        self.mean = torch.zeros(shape[:1], **like)
+        self._fitted = False
 
     def set_gaussian(self, power: Tensor, mean: Tensor) -> None:
-        """Use the Gaussian of eigenvalues ``power`` (C, H, W) and channel means ``mean`` (C,)."""
+        """Use the Gaussian of eigenvalues ``power`` (C, H, W) and channel means ``mean`` (C,),
+        written in place into buffers of that shape (see :meth:`size_gaussian`)."""
         check_gaussian(power, mean, "GaussianPreconditioned", getattr(self.net, "in_channels", None))
         if not torch.isfinite(mean).all():
             raise ValueError("GaussianPreconditioned: mean must be finite")
-        device = self.power.device
-        self.power = power.detach().to(device, torch.float32).clone()
-        self.mean = mean.detach().to(device, torch.float32).clone()
+        if self.power.shape != power.shape:
+            self.size_gaussian(tuple(power.shape))
+        with torch.no_grad():
+            self.power.copy_(power.detach())
+            self.mean.copy_(mean.detach())
+        self._fitted = True
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         power, mean = state_dict.get(prefix + "power"), state_dict.get(prefix + "mean")

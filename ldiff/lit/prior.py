@@ -66,7 +66,7 @@ from ldiff.diffusion.noise import keyed_generator
 from ldiff.diffusion.precond import GaussianPreconditioned, preconditioned
 from ldiff.diffusion.schedules import CosineSchedule, Schedule
 from ldiff.lit.ema import averaged_copy, check_decay, update_average
-from ldiff.nets.gaussian import fit_moments
+from ldiff.nets.gaussian import moment_sums, moments_from_sums
 from ldiff.nets.unet import num_parameters
 
 LRSchedule = Literal["cosine", "linear", "constant"]
@@ -146,21 +146,39 @@ class ScorePrior(L.LightningModule):
     def setup(self, stage: str) -> None:
         check_channels(self.online, self.trainer.datamodule)
         if stage == "fit" and isinstance(self.online, GaussianPreconditioned) and not self.online.fitted:
-            self.fit_gaussian(self.trainer.datamodule)
+            # sized now, filled in on_fit_start: a resume has loaded the checkpoint's by then
+            shape = tuple(next(self._training_windows()(chunk=1)).shape[1:])
+            for module in (self.online, self.net):
+                module.size_gaussian(shape)
 
-    def fit_gaussian(self, datamodule: Any) -> None:
-        """Fit the stationary Gaussian of ``precondition="gaussian"`` to every training
-        window of ``datamodule`` (its ``training_windows()``, streamed in chunks), in the
-        normalised units the network sees; the same on every rank (the same data)."""
+    def _training_windows(self) -> Any:
+        datamodule = self.trainer.datamodule
         windows = getattr(datamodule, "training_windows", None)
         if windows is None:
             raise ValueError(f"ScorePrior: precondition 'gaussian' needs a data module with training_windows(), not a {type(datamodule).__name__}")
-        power, mean = fit_moments(windows())
+        return windows
+
+    def fit_gaussian(self) -> None:
+        """Fit the stationary Gaussian of ``precondition="gaussian"`` to every training
+        window (the data module's ``training_windows()``, streamed in chunks), in the
+        normalised units the network sees. Under DDP each rank sums its shard of the
+        windows (:func:`~ldiff.nets.gaussian.moment_sums`) and the sums are all-reduced,
+        so every rank holds the fit of all of them, computed once."""
+        rank, replicas = self.global_rank, self.trainer.world_size
+        shape = tuple(self.online.power.shape)
+        square, zero, count = moment_sums(self._training_windows()(rank=rank, replicas=replicas), shape=shape)
+        if replicas > 1:
+            reduce = self.trainer.strategy.reduce
+            square, zero = (reduce(t.to(self.device), reduce_op="sum").cpu() for t in (square, zero))
+            count = int(reduce(torch.tensor(float(count), dtype=torch.float64, device=self.device), reduce_op="sum").item())
+        power, mean = moments_from_sums(square, zero, count)
         for module in (self.online, self.net):
             module.set_gaussian(power, mean)
-        rank_zero_info(f"ScorePrior: Gaussian skip term fitted to the training windows ({tuple(power.shape)})")
+        rank_zero_info(f"ScorePrior: Gaussian skip term fitted to the {count:,} training windows ({tuple(power.shape)})")
 
     def on_fit_start(self) -> None:
+        if isinstance(self.online, GaussianPreconditioned) and not self.online.fitted:
+            self.fit_gaussian()  # a resume restored its checkpoint's Gaussian instead
         count = num_parameters(self.online)
         rank_zero_info(f"ScorePrior: {type(self.online).__name__} with {count:,} parameters")
         for logger in self.loggers:

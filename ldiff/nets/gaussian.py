@@ -102,7 +102,8 @@ def gaussian_epsilon(x_t: Tensor, mu: Tensor, sigma: Tensor, power: Tensor, mean
 
 def fit_moments(chunks: Iterable[Tensor], floor: float = 1e-6) -> tuple[Tensor, Tensor]:
     r"""``(power, mean)`` of the stationary Gaussian fitted to the fields in ``chunks``
-    (each (n, C, H, W); all fields weigh the same), in one pass and in float64.
+    (each (n, C, H, W); all fields weigh the same), in one pass and in float64:
+    :func:`moments_from_sums` of :func:`moment_sums`.
 
     The mean is :math:`m_c = \operatorname{mean}_{n,i} x_{nci}` and the power the mean
     periodogram of the centred fields, :math:`P = \operatorname{mean}_n |F(x_n - m)|^2`.
@@ -117,6 +118,14 @@ def fit_moments(chunks: Iterable[Tensor], floor: float = 1e-6) -> tuple[Tensor, 
         chunks: fields, e.g. ``x.split(32)`` or batches read from a data set.
         floor: lower bound on ``P`` relative to its mean, keeping ``Sigma`` invertible.
     """
+    return moments_from_sums(*moment_sums(chunks), floor=floor)
+
+
+def moment_sums(chunks: Iterable[Tensor], shape: tuple[int, int, int] | None = None) -> tuple[Tensor, Tensor, int]:
+    r"""The sufficient statistics of :func:`fit_moments`, in float64:
+    :math:`(\sum_n |F x_n|^2` (C, H, W), :math:`\sum_n F x_n(0)` (C,), ``n``). Sums of
+    disjoint shards add up (a DDP all-reduce) to the sums of the whole; a shard with no
+    fields gives zero sums of ``shape`` (C, H, W) when it is given."""
     count, square, zero = 0, None, None
     for part in chunks:
         if part.dim() != 4:
@@ -127,6 +136,15 @@ def fit_moments(chunks: Iterable[Tensor], floor: float = 1e-6) -> tuple[Tensor, 
         part_square, part_zero = coeffs.abs().square().sum(dim=0), coeffs[:, :, 0, 0].real.sum(dim=0)
         square, zero = (part_square, part_zero) if square is None else (square + part_square, zero + part_zero)
         count += part.shape[0]
+    if square is None:
+        if shape is None:
+            raise ValueError("fit_moments: need at least 2 fields, got 0")
+        return torch.zeros(shape, dtype=torch.float64), torch.zeros(shape[0], dtype=torch.float64), 0
+    return square, zero, count
+
+
+def moments_from_sums(square: Tensor, zero: Tensor, count: int, floor: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """``(power, mean)`` from the :func:`moment_sums` of ``count`` fields."""
     if count < 2:
         raise ValueError(f"fit_moments: need at least 2 fields, got {count}")
     power, centre = square / count, zero / count

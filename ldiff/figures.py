@@ -119,7 +119,10 @@ def reconstruction_figure(truth: np.ndarray, recon: np.ndarray, observed: np.nda
               ("error (mean - truth)", error_w, "RdBu_r", -error_limit, error_limit)]
     if len(recon) > 1:
         panels.append((f"spread ({len(recon)} samples)", spread_w, "viridis", 0.0, _symmetric_limit(spread_w)))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 2.8), squeeze=False, layout="constrained")
+    # fixed margins, not layout="constrained": one of these is drawn per pair and run, and
+    # the layout engine doubles its drawing time (0.44 against 1.0 s here)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 2.8), squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.97, bottom=0.03, top=0.84, wspace=0.12)
     for ax, (name, field, cmap, vmin, vmax) in zip(axes[0], panels):
         fig.colorbar(ax.imshow(field, cmap=cmap, vmin=vmin, vmax=vmax, origin="lower"), ax=ax, shrink=0.8)
         ax.set_title(name, fontsize=9)
@@ -138,7 +141,8 @@ def spectra_figure(truth: np.ndarray, recon: np.ndarray, dx: float, dy: float, t
     and of their mean (dashed). Non-finite samples are skipped; shell k = 0 (the mean
     flow) is left out of the log axis."""
     finite = recon[np.isfinite(recon[:, :2]).all(axis=(1, 2, 3)), :2]
-    fig, ax = plt.subplots(figsize=(4.5, 3.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    fig.subplots_adjust(left=0.16, right=0.97, bottom=0.14, top=0.91)  # fixed: see reconstruction_figure
     k, truth_e = _first_spectrum(truth[None], dx, dy)
     ax.loglog(k, truth_e[0], c="k", lw=2.0, label="truth")
     if len(finite):

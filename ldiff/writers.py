@@ -239,7 +239,7 @@ class ReconstructionWriter(BasePredictionWriter):
         batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
         rank = trainer.global_rank
         if batches:
-            write_netcdf(predictions_to_dataset(batches), self._shard(rank))
+            write_netcdf(predictions_to_dataset(batches), self._shard(rank), checksums=True)
         trainer.strategy.barrier()
         pl_module.results()  # a collective: every rank takes part
         if rank == 0:
@@ -250,7 +250,7 @@ class ReconstructionWriter(BasePredictionWriter):
                     loaded.append(ds.load())
             merged = merge_shards(loaded)
             self.items_written = merged.sizes["item"]
-            write_netcdf(readable(merged, pl_module, self.units, self.attrs), self.output)
+            write_netcdf(readable(merged, pl_module, self.units, self.attrs), self.output, checksums=True)
             for shard in shards:
                 shard.unlink()
         trainer.strategy.barrier()

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -50,6 +51,18 @@ def test_single_process_predict_writes_every_item_with_its_reconstruction(tmp_pa
     assert ds["diag_ratio"].shape == (8, 5, 2)
     assert np.isfinite(ds["recon"].values).all()
     assert (ds.attrs["strategy"], ds.attrs["label"], ds.attrs["n_obs"], ds.attrs["std_normalised"]) == ("DPSSum", "dps-sum", 128, 0.1)
+    # every numeric variable carries Fletcher-32 checksums: a corrupted chunk of the
+    # reconstruction is an error when read, not silently wrong numbers
+    path = tmp_path / "recon.nc"
+    with h5py.File(path) as file:
+        assert all(file[name].fletcher32 for name in ("recon", "truth", "observation", "regime", "diag_ratio"))
+        chunk = file["recon"].id.get_chunk_info(0)
+    data = bytearray(path.read_bytes())
+    for i in range(chunk.byte_offset + chunk.size // 4, chunk.byte_offset + chunk.size // 2):
+        data[i] ^= 0x5A
+    (tmp_path / "bad.nc").write_bytes(data)
+    with pytest.raises(OSError):
+        xr.load_dataset(tmp_path / "bad.nc", engine="h5netcdf")["recon"].values
     # the file holds what predict_step returns for the same item, in physical units:
     # u = 0.5 + 2 u', v = -0.25 + 0.5 v' (the script's normaliser), x and y on the grid (0.5, 0.25)
     prior = gaussian_prior(field_shape=(2, 16, 16))

@@ -5,6 +5,7 @@ import runpy
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import h5py
 import numpy as np
@@ -118,6 +119,15 @@ def test_reconstructions_are_bitwise_equal_whatever_the_batching_and_the_devices
     for key, value in logged.items():
         assert value == pytest.approx(logged_single[key], rel=1e-9, nan_ok=True), key
         assert value == pytest.approx(float(metrics[f"metric_{key}"]), rel=1e-9, nan_ok=True), key
+
+
+def test_a_csv_only_predict_logs_its_metrics_without_drawing_the_w_and_b_panels(tmp_path):
+    """The reconstruction panels are images for W&B; with only a CSVLogger they are not
+    drawn (each took about a second), and the metrics are still logged."""
+    script = runpy.run_path(str(SCRIPT))
+    with mock.patch("ldiff.figures.reconstruction_figure", side_effect=AssertionError("drawn for a CSVLogger")):
+        script["main"](str(tmp_path / "recon.nc"), 2, 1, "dps-sum", 2, 0)
+    assert logged_metrics(tmp_path)["items"] == 2
 
 
 def test_observation_noise_depends_only_on_seed_and_item():

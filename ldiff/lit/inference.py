@@ -310,14 +310,18 @@ class InferenceModule(L.LightningModule):
     def on_predict_epoch_end(self) -> None:
         """Compute the metrics on every rank, then log them, the settings, the
         diagnostic series (one logger step per sampler evaluation, then the metrics at
-        the next step) and a reconstruction panel to every logger."""
+        the next step) to every logger, and the reconstruction panels to W&B (the one
+        logger that takes images: they are not drawn for the others)."""
         results = self.results()
         series = self.diagnostic_series()
         if not self.trainer.loggers:
             return
+        from lightning.pytorch.loggers import WandbLogger
+
         from ldiff.tracking import log_run
 
-        log_run(self.trainer.loggers, self.experiment(), results, series, self.panels() if self.trainer.is_global_zero else {})
+        draw = self.trainer.is_global_zero and any(isinstance(logger, WandbLogger) for logger in self.trainer.loggers)
+        log_run(self.trainer.loggers, self.experiment(), results, series, self.panels() if draw else {})
 
     def panels(self) -> dict[str, Any]:
         """Figures of the first item (truth, observed points, posterior mean, error,

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
 from typing import Any, Literal, get_args
 
 import lightning as L
@@ -147,16 +148,17 @@ class ScorePrior(L.LightningModule):
         check_channels(self.online, self.trainer.datamodule)
         if stage == "fit" and isinstance(self.online, GaussianPreconditioned) and not self.online.fitted:
             # sized now, filled in on_fit_start: a resume has loaded the checkpoint's by then
-            shape = tuple(next(self._training_windows()(chunk=1)).shape[1:])
+            shape = tuple(next(self._training_windows(chunk=1)).shape[1:])
             for module in (self.online, self.net):
                 module.size_gaussian(shape)
 
-    def _training_windows(self) -> Any:
+    def _training_windows(self, **kwargs: Any) -> Iterator[Tensor]:
+        """The data module's ``training_windows(**kwargs)``; ``ValueError`` if it has none."""
         datamodule = self.trainer.datamodule
         windows = getattr(datamodule, "training_windows", None)
         if windows is None:
             raise ValueError(f"ScorePrior: precondition 'gaussian' needs a data module with training_windows(), not a {type(datamodule).__name__}")
-        return windows
+        return windows(**kwargs)
 
     def fit_gaussian(self) -> None:
         """Fit the stationary Gaussian of ``precondition="gaussian"`` to every training
@@ -166,7 +168,7 @@ class ScorePrior(L.LightningModule):
         so every rank holds the fit of all of them, computed once."""
         rank, replicas = self.global_rank, self.trainer.world_size
         shape = tuple(self.online.power.shape)
-        square, zero, count = moment_sums(self._training_windows()(rank=rank, replicas=replicas), shape=shape)
+        square, zero, count = moment_sums(self._training_windows(rank=rank, replicas=replicas), shape=shape)
         if replicas > 1:
             reduce = self.trainer.strategy.reduce
             square, zero = (reduce(t.to(self.device), reduce_op="sum").cpu() for t in (square, zero))

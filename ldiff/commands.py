@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ldiff.config import load_yaml
+from ldiff.config import load_config
 from ldiff.files import check_output
 from ldiff.diffusion.schedules import CosineSchedule, LinearBetaSchedule
 
@@ -167,14 +167,14 @@ def run_oracle(args: argparse.Namespace) -> None:
     """``ldiff compare`` of an ``oracle:`` config: the exact-posterior table."""
     from ldiff.oracle import COLUMNS, run
 
-    rows = run(args.config, output=args.output, quick=args.quick, only=args.only)
+    rows = run(args.config, output=args.output, quick=args.quick, only=args.only, overrides=args.overrides)
     table = Table(title=f"ldiff compare {args.config} (exact Gaussian prior; errors against the exact posterior)")
     for column in COLUMNS:
         table.add_column(column.replace("_", " "), justify="right")
     for row in rows:
         table.add_row(*[f"{row[c]:.3g}" if isinstance(row[c], float) else f"{row[c]:,}" if isinstance(row[c], int) else str(row[c]) for c in COLUMNS])
     Console(width=200).print(table)
-    out = Path(args.output or load_yaml(args.config).get("output", "runs/ibpm-oracle"))
+    out = Path(args.output or load_config(args.config, args.overrides).get("output", "runs/ibpm-oracle"))
     print(f"table: {out / 'tables' / 'summary.csv'}\nW&B (offline): {out / 'wandb'}")
 
 
@@ -199,6 +199,10 @@ def add_compare_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument("--output", help="run directory (overrides the config's output)")
     parser.add_argument("--quick", action="store_true", help="test mode: 1 item, 2 samples, 4 sampler steps")
     parser.add_argument("--only", nargs="+", metavar="STRATEGY", help="run only these strategies of the config")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+        help="override one config value, a dotted key and a YAML value (repeatable): --set model.samples=8 --set baseline=null",
+    )  # fmt: skip
     parser.set_defaults(func=run_compare)
     return parser
 
@@ -223,7 +227,7 @@ def run_compare(args: argparse.Namespace) -> None:
         return run_oracle(args)
     from ldiff.compare import run
 
-    rows = run(args.config, output=args.output, quick=args.quick, only=args.only)
+    rows = run(args.config, output=args.output, quick=args.quick, only=args.only, overrides=args.overrides)
     print_rows(rows, f"ldiff compare {args.config}")
-    out = Path(args.output or load_yaml(args.config).get("output", "runs/compare"))
+    out = Path(args.output or load_config(args.config, args.overrides).get("output", "runs/compare"))
     print(f"table: {out / 'tables' / 'summary.csv'}\nfigures: {out / 'figures'}\npredictions: {out / 'predictions'}\nW&B (offline): {out / 'wandb'}  (sync with `wandb sync`)")

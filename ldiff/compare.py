@@ -38,6 +38,11 @@ Config keys (YAML, parsed safely; unknown keys are refused by name)::
     output: runs/compare
     wandb: {mode: offline, project: ldiff}
     trainer: {accelerator: cpu, devices: 1}
+
+On the command line, ``--set KEY=VALUE`` (repeatable) overrides one value for one run,
+a dotted key and a YAML value (``--set model.samples=8 --set baseline=null``;
+:func:`ldiff.config.apply_overrides`), checked like the file's own keys; the run's
+``provenance.json`` records the config as run.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from typing import Any
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from ldiff.config import check_keys, check_types, instantiate, load_yaml, select
+from ldiff.config import check_keys, check_types, instantiate, load_config, select
 from ldiff.data.module import FieldDataModule
 from ldiff.guidance.base import Strategy
 from ldiff.guidance.exact_gaussian import ExactGaussian
@@ -80,9 +85,9 @@ columns are NaN for data that are not cylinder-wake windows (see
 :class:`~ldiff.evaluate.ReconstructionMetrics`)."""
 
 
-def read_config(path: str) -> dict[str, Any]:
+def read_config(path: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """Load and check a compare config; returns it with defaults filled in."""
-    cfg = load_yaml(path)
+    cfg = load_config(path, overrides)
     check_keys(cfg, KEYS, str(path))
     for key in ("model", "data", "strategies"):
         if key not in cfg:
@@ -127,11 +132,18 @@ QUICK = {"items": 1, "samples": 2, "steps": 4}
 """The test mode (``--quick``): the same sweep with one item, two samples, four steps."""
 
 
-def run(config_path: str, output: str | None = None, quick: bool = False, progress: bool = True, only: list[str] | None = None) -> list[dict[str, Any]]:
+def run(
+    config_path: str,
+    output: str | None = None,
+    quick: bool = False,
+    progress: bool = True,
+    only: list[str] | None = None,
+    overrides: list[str] | None = None,
+) -> list[dict[str, Any]]:
     """Run the comparison of ``config_path`` (into ``output`` if given; in test mode,
     :data:`QUICK`, if ``quick``; only the strategies named in ``only``, if given); returns
     the summary rows."""
-    cfg = read_config(config_path)
+    cfg = read_config(config_path, overrides)
     cfg["strategies"] = select(cfg["strategies"], only, config_path)
     if output is not None:
         cfg["output"] = output

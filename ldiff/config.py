@@ -15,6 +15,7 @@ A component is written as in LightningCLI::
 from __future__ import annotations
 
 import collections.abc
+import copy
 import inspect
 import os
 import types
@@ -39,6 +40,44 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     return data
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The YAML mapping at ``path`` with the ``--set`` assignments ``overrides`` applied
+    (:func:`apply_overrides`)."""
+    return apply_overrides(load_yaml(path), overrides)
+
+
+def apply_overrides(cfg: dict[str, Any], assignments: list[str] | None) -> dict[str, Any]:
+    """``cfg`` with each ``KEY=VALUE`` of ``assignments`` (``--set``) applied, in order.
+
+    ``KEY`` is a dotted path into the mapping (``model.samples``,
+    ``strategies.mmps.init_args.maxiter``); a missing mapping on the way is created, so
+    a key the file leaves to its default can be set. ``VALUE`` is parsed like a YAML
+    value, safely: ``8`` is an int, ``0.1`` a float, ``[2, 4]`` a list, ``null`` None,
+    anything else a string. The keys are then checked like the file's own (an unknown
+    key is refused by name). ``cfg`` itself is not modified.
+    """
+    cfg = copy.deepcopy(cfg)
+    for assignment in assignments or ():
+        key, sep, text = assignment.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ValueError(f"--set {assignment!r}: need KEY=VALUE with a dotted KEY such as model.samples=8")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ValueError(f"--set {key}: not a valid value {text!r} ({str(error).splitlines()[0]})") from None
+        section = cfg
+        for depth, part in enumerate(parts[:-1]):
+            child = section.get(part)
+            if child is None:
+                child = section[part] = {}
+            elif not isinstance(child, dict):
+                raise ValueError(f"--set {key}: {'.'.join(parts[: depth + 1])} is {child!r}, not a mapping")
+            section = child
+        section[parts[-1]] = value
+    return cfg
 
 
 def check_keys(section: dict[str, Any], allowed: set[str], where: str) -> None:

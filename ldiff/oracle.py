@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ldiff.config import check_keys, instantiate, load_yaml, select
+from ldiff.config import check_keys, instantiate, load_config, load_yaml, select
 from ldiff.diffusion.schedules import CosineSchedule
 from ldiff.lit.inference import InferenceModule, item_generator
 from ldiff.metrics import BALANCED, DIVERGED, FLAT
@@ -75,9 +75,9 @@ def is_oracle_config(path: str) -> bool:
     return isinstance(cfg, dict) and "oracle" in cfg
 
 
-def read_config(path: str) -> dict[str, Any]:
+def read_config(path: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """Load and check an oracle compare config; returns it with defaults filled in."""
-    cfg = load_yaml(path)
+    cfg = load_config(path, overrides)
     check_keys(cfg, KEYS, str(path))
     if "strategies" not in cfg or not isinstance(cfg["strategies"], dict) or not cfg["strategies"]:
         raise ValueError(f"{path}: strategies: need a non-empty mapping of name -> class_path config")
@@ -134,10 +134,17 @@ def references(prior: GaussianPrior, op: Operator, y: Tensor, std: float, k: int
     return {"mean": mean, "samples": samples, "relres": relres}
 
 
-def run(config_path: str, output: str | None = None, quick: bool = False, progress: bool = True, only: list[str] | None = None) -> list[dict[str, Any]]:
+def run(
+    config_path: str,
+    output: str | None = None,
+    quick: bool = False,
+    progress: bool = True,
+    only: list[str] | None = None,
+    overrides: list[str] | None = None,
+) -> list[dict[str, Any]]:
     """Run the oracle comparison of ``config_path`` (only the strategies named in ``only``,
     if given); returns the summary rows."""
-    cfg = read_config(config_path)
+    cfg = read_config(config_path, overrides)
     cfg["strategies"] = select(cfg["strategies"], only, config_path)
     if output is not None:
         cfg["output"] = output

@@ -164,6 +164,52 @@ def test_compare_refuses_a_misspelled_key(tmp_path, capsys):
     assert len(err) == 1 and "stepz" in err[0]
 
 
+def test_set_overrides_the_config_of_one_run_without_editing_it(prior, tmp_path, capsys):
+    """``--set`` changes the run (its directory, the sample count, a strategy argument,
+    the operators, no baseline) and the provenance records the values used, while the
+    config file is left as it was."""
+    ckpt, _, test = prior
+    config = yaml.safe_load((ROOT / "configs" / "compare" / "grf-tiny.yaml").read_text())
+    config.update(output=str(tmp_path / "from-file"))
+    config["model"].update(checkpoint=str(ckpt))
+    config["data"].update(path=str(test), items=1)
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    before = path.read_text()
+    out = tmp_path / "from-set"
+    sets = [f"output={out}", "model.samples=3", "strategies.mmps.init_args.maxiter=2", "operators={sub4: {class_path: ldiff.observe.Subsample, init_args: {stride: 4}}}", "baseline=null"]
+    assert run("compare", "--config", str(path), "--only", "mmps", *[a for s in sets for a in ("--set", s)]) == 0
+    assert path.read_text() == before and not (tmp_path / "from-file").exists()
+    assert f"table: {out / 'tables' / 'summary.csv'}" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(out / "tables" / "summary.csv")))
+    assert [(r["strategy"], r["operator"]) for r in rows] == [("mmps", "sub4")]
+    with xr.open_dataset(out / "predictions" / "mmps__sub4.nc") as ds:
+        assert ds.sizes["sample"] == 3
+        assert json.loads(ds.attrs["strategy_args"])["maxiter"] == 2
+    recorded = json.loads((out / "provenance.json").read_text())["config"]
+    assert recorded["model"]["samples"] == 3 and recorded["baseline"] is None
+
+
+def test_set_parses_yaml_values_and_refuses_bad_assignments(tmp_path, capsys):
+    from ldiff.config import apply_overrides
+
+    cfg = {"model": {"samples": 2}, "output": "runs/x"}
+    new = apply_overrides(cfg, ["model.samples=8", "model.std=0.05", "data.items=[1, 2]", "trainer.devices=2", "wandb.mode=offline", "baseline=null"])
+    assert new == {"model": {"samples": 8, "std": 0.05}, "output": "runs/x", "data": {"items": [1, 2]}, "trainer": {"devices": 2}, "wandb": {"mode": "offline"}, "baseline": None}
+    assert cfg == {"model": {"samples": 2}, "output": "runs/x"}  # not modified
+    for bad, named in (("model.samples", "KEY=VALUE"), ("=3", "KEY=VALUE"), ("model..x=1", "KEY=VALUE"), ("output.x=1", "output is 'runs/x', not a mapping"), ("model.std=[1", "model.std: not a valid value")):
+        with pytest.raises(ValueError, match=named):
+            apply_overrides(cfg, [bad])
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {checkpoint: x.ckpt}\ndata: {path: t.nc}\nstrategies: {m: {class_path: ldiff.guidance.mmps.MMPS}}\n")
+    assert run("compare", "--config", str(path), "--set", "model.stepz=3") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown key 'stepz'" in err[0]
+    assert run("compare", "--config", str(path), "--set", "model.steps=many") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.steps: expected int, got 'many'" in err[0]
+
+
 def test_the_figure_marks_exactly_the_observed_nodes():
     from ldiff.figures import observed_points
     from ldiff.observe import BlockMean, Pixels, Subsample

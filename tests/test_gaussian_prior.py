@@ -158,6 +158,9 @@ def test_save_and_load_round_trip_and_refuse_other_files(tmp_path):
         GaussianPrior.load(tmp_path / "other.pt", CosineSchedule())
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         GaussianPrior.load(tmp_path / "missing.pt", CosineSchedule())
+    torch.save({"power": prior.power, "mean": torch.full_like(prior.mean, float("nan"))}, tmp_path / "nan-mean.pt")
+    with pytest.raises(ValueError, match="nan-mean.pt: GaussianPrior: mean must be finite"):  # would make every epsilon NaN
+        GaussianPrior.load(tmp_path / "nan-mean.pt", CosineSchedule())
 
 
 def test_exact_gaussian_preconditions_strided_observations_where_the_stride_does_not_divide_the_grid():

@@ -92,6 +92,8 @@ def test_an_unfitted_gaussian_skip_takes_the_stored_gaussian_from_a_state_dict()
     bad = dict(fitted.state_dict(), power=torch.ones(3, 8, 12))
     with pytest.raises(RuntimeError, match=r"power must be \(2, H, W\)"):
         fresh.load_state_dict(bad)
+    with pytest.raises(RuntimeError, match="mean must be finite"):  # a checkpoint whose mean is NaN
+        fresh.load_state_dict(dict(fitted.state_dict(), mean=torch.tensor([0.0, float("nan")])))
 
 
 def test_preconditioning_is_chosen_by_name_and_booleans_keep_their_meaning():

@@ -128,8 +128,6 @@ class GaussianPreconditioned(_Wrapper):
         """Use the Gaussian of eigenvalues ``power`` (C, H, W) and channel means ``mean`` (C,),
         written in place into buffers of that shape (see :meth:`size_gaussian`)."""
         check_gaussian(power, mean, "GaussianPreconditioned", getattr(self.net, "in_channels", None))
-        if not torch.isfinite(mean).all():
-            raise ValueError("GaussianPreconditioned: mean must be finite")
         if self.power.shape != power.shape:
             self.size_gaussian(tuple(power.shape))
         with torch.no_grad():

@@ -155,12 +155,14 @@ def moments_from_sums(square: Tensor, zero: Tensor, count: int, floor: float = 1
 
 def check_gaussian(power: Tensor, mean: Tensor, where: str, channels: int | None = None) -> None:
     """``ValueError`` from ``where`` unless ``power`` is (C, H, W), finite and non-negative
-    and ``mean`` is (C,), with C = ``channels`` when given."""
+    and ``mean`` is (C,) and finite, with C = ``channels`` when given."""
     c = "C" if channels is None else channels
     if power.dim() != 3 or mean.shape != power.shape[:1] or (channels is not None and power.shape[0] != channels):
         raise ValueError(f"{where}: power must be ({c}, H, W) and mean ({c},), got {tuple(power.shape)}, {tuple(mean.shape)}")
     if (power < 0).any() or not torch.isfinite(power).all():
         raise ValueError(f"{where}: power must be finite and non-negative")
+    if not torch.isfinite(mean).all():
+        raise ValueError(f"{where}: mean must be finite")
 
 
 def load_state(path: str | os.PathLike) -> tuple[Tensor, Tensor]:

@@ -131,6 +131,8 @@ def run_quality(args: argparse.Namespace) -> None:
     if wake is not None:
         print(f"Strouhal number: samples {result.strouhal_samples:.4f} vs data {result.strouhal_data:.4f} "
               f"({result.strouhal_unresolved} of {args.samples} sample windows without a resolved peak)")
+        print(f"unsteadiness (rms deviation from each window's time mean): ahead of the cylinder {result.inflow_fluctuation_samples:.4f} vs data {result.inflow_fluctuation_data:.4f}, "
+              f"behind it {result.wake_fluctuation_samples:.4f} vs data {result.wake_fluctuation_data:.4f}")
 
 
 def run_jacobian(args: argparse.Namespace, net, schedule, windows: dict) -> None:

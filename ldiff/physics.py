@@ -185,6 +185,29 @@ def wake_geometry(attrs: dict, x, y, frames: int) -> dict | None:
     }  # fmt: skip
 
 
+def wake_fluctuation(fields: Tensor, x: Tensor, diameter: float = 1.0, center: tuple[float, float] = (0.0, 0.0), **_: object) -> dict[str, float]:
+    r"""The unsteadiness of windows of a cylinder wake ahead of and behind the body.
+
+    With :math:`u'_{b,c,j}(t) = u_{b,c,j}(t) - \frac1T \sum_t u_{b,c,j}(t)` each node's
+    deviation from its window's time mean (both components), returns the rms of
+    :math:`u'` over windows, frames, components and the nodes of each band:
+
+    - ``inflow``: :math:`x < x_c - D` (ahead of the cylinder, where a wake's flow is
+      steady);
+    - ``wake``: :math:`x > x_c + D`.
+
+    Args:
+        fields: windows (B, 2T, H, W) (T >= 2), physical or normalised units.
+        x: node coordinates, shape (W,). ``diameter``, ``center``: the cylinder's
+            (:func:`wake_geometry`'s other keys are accepted and ignored).
+    """
+    frames = fields.unflatten(1, (fields.shape[1] // 2, 2))  # (B, T, 2, H, W)
+    deviation = frames - frames.mean(dim=1, keepdim=True)
+    x = torch.as_tensor(x, device=fields.device)
+    bands = {"inflow": x < center[0] - diameter, "wake": x > center[0] + diameter}
+    return {name: deviation[..., band].square().mean().sqrt().item() for name, band in bands.items()}
+
+
 def wake_strouhal(
     fields: Tensor, dt: float, x: Tensor, y: Tensor, diameter: float = 1.0, U: float = 1.0,
     center: tuple[float, float] = (0.0, 0.0), strict: bool = True,

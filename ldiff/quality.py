@@ -26,7 +26,7 @@ from ldiff.data.normalizer import Normalizer
 from ldiff.diffusion.sampler import PredictorCorrector
 from ldiff.diffusion.schedules import Schedule
 from ldiff.observe import Operator
-from ldiff.physics import energy_spectrum, vorticity, wake_strouhal
+from ldiff.physics import energy_spectrum, vorticity, wake_fluctuation, wake_strouhal
 
 
 @dataclass
@@ -47,6 +47,10 @@ class Quality:
     strouhal_samples: float | None = None  # cylinder-wake windows: mean St of the resolved windows
     strouhal_data: float | None = None
     strouhal_unresolved: int | None = None  # sample windows with no resolved shedding peak
+    inflow_fluctuation_samples: float | None = None  # cylinder-wake windows: rms unsteadiness ahead of the body (physical units)
+    inflow_fluctuation_data: float | None = None
+    wake_fluctuation_samples: float | None = None  # ... and behind it
+    wake_fluctuation_data: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -78,7 +82,8 @@ def measure(
         cond: condition channels of every sample, shape (C_cond, H, W), or None.
         wake: for windows of a cylinder wake, :func:`ldiff.physics.wake_geometry`'s
             arguments: adds the Strouhal numbers of the sample and data windows
-            (:func:`~ldiff.physics.wake_strouhal`).
+            (:func:`~ldiff.physics.wake_strouhal`) and their unsteadiness ahead of and
+            behind the cylinder (:func:`~ldiff.physics.wake_fluctuation`).
     """
     generator = torch.Generator().manual_seed(seed)
     sampler = PredictorCorrector(schedule, steps)
@@ -94,13 +99,16 @@ def measure(
     w = {name: vorticity(x, dx, dy, periodic).std().item() for name, x in fields.items()}
     # per-component std over every sample and grid point, root-mean-squared over components
     velocity = {name: x.transpose(0, 1).flatten(1).var(dim=1).mean().sqrt().item() for name, x in fields.items()}
-    strouhal = {}
+    wake_stats = {}
     if wake is not None:
         st = {name: wake_strouhal(x, **wake, strict=False) for name, x in fields.items()}
-        strouhal = {
+        wake_stats = {
             "strouhal_samples": st["samples"].nanmean().item(), "strouhal_data": st["data"].nanmean().item(),
             "strouhal_unresolved": int(st["samples"].isnan().sum()),
         }  # fmt: skip
+        for name, x in fields.items():
+            for band, value in wake_fluctuation(x, **wake).items():
+                wake_stats[f"{band}_fluctuation_{name}"] = value
     return Quality(
         samples=samples,
         steps=steps,
@@ -113,7 +121,7 @@ def measure(
         vorticity_std_ratio=w["samples"] / w["data"],
         velocity_std_data=velocity["data"],
         velocity_std_samples=velocity["samples"],
-        **strouhal,
+        **wake_stats,
     )
 
 

@@ -85,4 +85,13 @@ def test_the_strouhal_number_of_sample_windows_of_a_wake():
     assert result.strouhal_data == pytest.approx(by_window.mean().item(), rel=1e-9)
     assert result.strouhal_data == pytest.approx(ds.attrs["strouhal"], rel=0.05)
     no_wake = measure(DenoisesTo(data[1], schedule), schedule, normalizer.state_dict(), data, dx=0.25, dy=0.25, periodic=False, samples=2, steps=8, k_max=4)
-    assert no_wake.strouhal_samples is None and no_wake.strouhal_unresolved is None
+    assert no_wake.strouhal_samples is None and no_wake.strouhal_unresolved is None and no_wake.inflow_fluctuation_samples is None
+    # unsteadiness by hand: each node's deviation from its window's time mean, rms over the band
+    frames_x = torch.tensor(ds.x.values)
+    for band, nodes in (("inflow", frames_x < -1.0), ("wake", frames_x > 1.0)):
+        def rms(windows):
+            f = windows.unflatten(1, (16, 2))[..., nodes]
+            return (f - f.mean(dim=1, keepdim=True)).square().mean().sqrt().item()
+        assert getattr(result, f"{band}_fluctuation_data") == pytest.approx(rms(physical), rel=1e-6)
+        assert getattr(result, f"{band}_fluctuation_samples") == pytest.approx(rms(physical[1:]), abs=1e-4)  # 8-step samples of window 1: 2e-5 off in the inflow here
+    assert result.inflow_fluctuation_data < 0.1 * result.wake_fluctuation_data  # a wake: steady ahead of the body

@@ -201,7 +201,7 @@ def wake_fluctuation(fields: Tensor, x: Tensor, diameter: float = 1.0, center: t
         x: node coordinates, shape (W,). ``diameter``, ``center``: the cylinder's
             (:func:`wake_geometry`'s other keys are accepted and ignored).
     """
-    frames = fields.unflatten(1, (fields.shape[1] // 2, 2))  # (B, T, 2, H, W)
+    frames = torch.stack(velocity(fields), dim=2)  # (B, T, 2, H, W)
     deviation = frames - frames.mean(dim=1, keepdim=True)
     x = torch.as_tensor(x, device=fields.device)
     bands = {"inflow": x < center[0] - diameter, "wake": x > center[0] + diameter}

@@ -41,7 +41,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "data": ("ldiff.data.commands", "add_data_commands", "generate or import fields into a store file"),
     "balance": ("ldiff.commands", "add_balance_command", "the seed's likelihood-strength analysis over N and t"),
     "compare": ("ldiff.commands", "add_compare_command", "sweep guidance strategies x observation operators with one prior"),
-    "baseline": ("ldiff.commands", "add_baseline_command", "fit the stationary Gaussian prior to a prior's training data"),
+    "baseline": ("ldiff.commands", "add_baseline_command", "fit the Gaussian prior (mean field, stationary covariance) to a prior's training data"),
     "quality": ("ldiff.commands", "add_quality_command", "a prior's samples against data, or its Jacobian against its Gaussian fit"),
     "export": ("ldiff.commands", "add_export_command", "slim a training checkpoint to the prior alone"),
 }

@@ -58,8 +58,8 @@ def run_balance(args: argparse.Namespace) -> None:
 def add_baseline_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "baseline",
-        help="fit the stationary Gaussian prior to a prior's training split (the exact-gaussian baseline)",
-        description="Fit GaussianPrior (channel means, mean periodogram) to the training windows "
+        help="fit the Gaussian prior (mean field, stationary covariance) to a prior's training split (the exact-gaussian baseline)",
+        description="Fit GaussianPrior (the mean field and the mean periodogram about it) to the training windows "
         "of a store, in the normalisation and window of a prior checkpoint, and save it.",
     )
     parser.add_argument("--checkpoint", required=True, help="prior checkpoint (its normaliser and window are used)")

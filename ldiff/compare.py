@@ -4,7 +4,7 @@ A compare config is a predict config with a sweep: its ``model`` and ``data`` se
 are the arguments of :class:`~ldiff.lit.inference.InferenceModule` and
 :class:`~ldiff.data.module.FieldDataModule` exactly as ``ldiff predict`` takes them, and
 ``strategies`` and ``operators`` name the classes to sweep (each by ``class_path``).
-Optionally ``baseline`` adds the exact posterior under a stationary Gaussian prior
+Optionally ``baseline`` adds the exact posterior under a Gaussian prior (mean field, stationary covariance)
 (``exact-gaussian``). For each (strategy, operator) pair the comparison runs the same
 path as ``ldiff predict``: ``trainer.predict`` of an InferenceModule built from the
 config, a :class:`~ldiff.writers.ReconstructionWriter`, and the module's metrics, which

@@ -153,8 +153,8 @@ def test_two_process_ddp_fit_writes_a_checkpoint_with_the_gaussian_of_all_window
 
 
 def test_gaussian_preconditioning_fits_every_training_window_and_travels_in_the_checkpoint(fitted, tmp_path):
-    """``--model.precondition gaussian``: the skip term's Gaussian is the mean and mean
-    periodogram of every training window (12 trajectories x 7 starts, normalised),
+    """``--model.precondition gaussian``: the skip term's Gaussian is the mean field and
+    the centred mean periodogram of every training window (12 trajectories x 7 starts, normalised),
     stored in both weight sets, kept on a resume and rebuilt by ``load_prior``."""
     data, _ = fitted
     assert run("fit", *fit_args(data, tmp_path / "run", "--trainer.max_epochs", "1", "--model.precondition", "gaussian")) == 0
@@ -168,8 +168,8 @@ def test_gaussian_preconditioning_fits_every_training_window_and_travels_in_the_
     for r, shard in enumerate(shards):  # window i on rank i % 3: disjoint, all of them
         torch.testing.assert_close(shard, windows[r::3])
     x = windows.double()
-    mean = x.mean(dim=(0, 2, 3))
-    power = torch.fft.fft2(x - mean[:, None, None], norm="ortho").abs().square().mean(dim=0)
+    mean = x.mean(dim=0)  # the mean field (C, H, W)
+    power = torch.fft.fft2(x - mean, norm="ortho").abs().square().mean(dim=0)
     power = power.clamp_min(1e-6 * power.mean())
 
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"

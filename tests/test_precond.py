@@ -48,15 +48,17 @@ def test_parameters_and_channels_are_the_networks():
     assert set(model.state_dict()) == {f"net.{k}" for k in net.state_dict()}
 
 
-def _gaussian(channels=2, h=8, w=12, seed=0):
+def _gaussian(channels=2, h=8, w=12, seed=0, field_mean=False):
+    """(power, mean): a random even power and a mean field (C, H, W) or a constant per channel (C,)."""
     generator = torch.Generator().manual_seed(seed)
     power = torch.rand(channels, h, w, generator=generator) * 3 + 0.05
     power = 0.5 * (power + torch.roll(torch.flip(power, (-2, -1)), (1, 1), (-2, -1)))  # P(k) = P(-k)
-    return power, torch.randn(channels, generator=generator)
+    return power, torch.randn((channels, h, w) if field_mean else (channels,), generator=generator)
 
 
-def test_gaussian_skip_with_a_zero_network_is_the_exact_eps_of_the_fitted_gaussian():
-    power, mean = _gaussian()
+@pytest.mark.parametrize("field_mean", [False, True], ids=["channel-mean", "field-mean"])
+def test_gaussian_skip_with_a_zero_network_is_the_exact_eps_of_the_fitted_gaussian(field_mean):
+    power, mean = _gaussian(field_mean=field_mean)
     for schedule in (CosineSchedule(1e-3), LinearBetaSchedule()):
         exact = GaussianPrior(schedule, power, mean)
         model = GaussianPreconditioned(Zero(), schedule)
@@ -94,6 +96,29 @@ def test_an_unfitted_gaussian_skip_takes_the_stored_gaussian_from_a_state_dict()
         fresh.load_state_dict(bad)
     with pytest.raises(RuntimeError, match="mean must be finite"):  # a checkpoint whose mean is NaN
         fresh.load_state_dict(dict(fitted.state_dict(), mean=torch.tensor([0.0, float("nan")])))
+
+
+def test_a_sized_gaussian_skip_loads_a_mean_field_and_a_checkpoint_with_a_mean_per_channel():
+    """ScorePrior sizes the buffers for a mean field before a resume loads its checkpoint;
+    a checkpoint written before the mean was a field holds a (C,) mean and keeps it, with
+    the epsilon of the same constant as a field."""
+    schedule = CosineSchedule(1e-3)
+    x_t, t = torch.randn(2, 2, 8, 12), torch.tensor([0.3, 0.8])
+    for field_mean in (True, False):
+        power, mean = _gaussian(field_mean=field_mean)
+        fitted = GaussianPreconditioned(UNet(2, widths=[8, 16], blocks_per_level=1), schedule)
+        fitted.set_gaussian(power, mean)
+        sized = GaussianPreconditioned(UNet(2, widths=[8, 16], blocks_per_level=1), schedule)
+        sized.size_gaussian((2, 8, 12))
+        assert sized.mean.shape == (2, 8, 12) and not sized.fitted
+        sized.load_state_dict(fitted.state_dict())
+        assert sized.mean.shape == mean.shape
+        torch.testing.assert_close(sized(x_t, t), fitted(x_t, t))
+    as_field = GaussianPreconditioned(fitted.net, schedule)
+    as_field.set_gaussian(power, mean[:, None, None].expand(2, 8, 12))
+    torch.testing.assert_close(as_field(x_t, t), fitted(x_t, t), rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match=r"mean \(2, H, W\) or \(2,\)"):
+        sized.load_state_dict(dict(fitted.state_dict(), mean=torch.zeros(2, 8, 8)))
 
 
 def test_preconditioning_is_chosen_by_name_and_booleans_keep_their_meaning():

@@ -29,15 +29,20 @@ training target of :math:`F` has unit variance at every t under the Gaussian mod
 sits in a few large scales (the cylinder wake: 99 % of the energy in the first shells):
 every direction the network has not learned to handle keeps unit variance, white noise
 at the grid scale. :class:`GaussianPreconditioned` takes the skip term from the
-stationary Gaussian fitted to the training fields instead (:mod:`ldiff.nets.gaussian`,
-exact in closed form),
+Gaussian fitted to the training fields instead (:mod:`ldiff.nets.gaussian`: the data's
+mean field :math:`m` and a stationary covariance of eigenvalues :math:`P`, exact in
+closed form),
 
 .. math:: \hat\varepsilon(x_t, t) = \varepsilon_G(x_t, t) + c_{out}\, F(x_t, t),
           \qquad \varepsilon_G = \sigma F^H \big[(\mu^2 P + \sigma^2)^{-1} \odot F(x_t - \mu m)\big],
 
-so :math:`F = 0` is the Gaussian fit, whose samples have the data's mean, variance and
-spectrum, and the network learns only what is not Gaussian and stationary (the mask,
-the wake's position, the phase coherence of the shedding). With :math:`P = 1, m = 0` it
+so :math:`F = 0` is the Gaussian fit, whose samples have the data's mean field, variance
+and spectrum, and the network learns only what is not Gaussian with a stationary
+covariance (the mask's effect on the fluctuations, the steady inflow, the phase
+coherence of the shedding). Centring on the mean field (the mean wake) instead of a
+constant per channel matters: on the cylinder windows it takes 41 % of the data's
+variance out of :math:`P`, and the exact posterior mean of the fit at x subsampling 16
+improves from rel l2 0.38 to 0.29. With :math:`P = 1, m = 0` it
 is :class:`SkipPreconditioned`. :math:`c_{out}` is the same scalar: for
 :math:`\operatorname{mean} P = 1` (normalised units) the mean over modes of the Gaussian's
 residual variance :math:`\mu^2 P/(\mu^2 P + \sigma^2)` is at most
@@ -92,12 +97,13 @@ class SkipPreconditioned(_Wrapper):
 
 class GaussianPreconditioned(_Wrapper):
     """An epsilon model ``eps_G(x_t, t) + c_out(t) net(x_t, t, cond)``, ``eps_G`` the exact
-    epsilon of a fitted stationary Gaussian (see the module docstring).
+    epsilon of a fitted Gaussian (see the module docstring).
 
-    The Gaussian's ``power`` (C, H, W) and ``mean`` (C,) are buffers (state-dict keys
+    The Gaussian's ``power`` (C, H, W) and ``mean`` (C, H, W) are buffers (state-dict keys
     ``power``, ``mean``; the network's are ``net.*``), empty until :meth:`size_gaussian`
     allocates them, :meth:`set_gaussian` fills them or a state dict is loaded, which sizes
-    them to the stored tensors: the grid is the data's, not the network's, so it is not
+    them to the stored tensors (a checkpoint written before the mean was a field holds a
+    mean of shape (C,), a constant per channel, and keeps it): the grid is the data's, not the network's, so it is not
     known when the module is built. ``fitted`` is true once values are set or loaded.
 
     Args:
@@ -121,15 +127,18 @@ class GaussianPreconditioned(_Wrapper):
         optimizer's device move keep references to a module's buffers."""
         like = {"device": self.power.device, "dtype": self.power.dtype}
         self.power = torch.zeros(shape, **like)
-        self.mean = torch.zeros(shape[:1], **like)
+        self.mean = torch.zeros(shape, **like)
         self._fitted = False
 
     def set_gaussian(self, power: Tensor, mean: Tensor) -> None:
-        """Use the Gaussian of eigenvalues ``power`` (C, H, W) and channel means ``mean`` (C,),
-        written in place into buffers of that shape (see :meth:`size_gaussian`)."""
+        """Use the Gaussian of eigenvalues ``power`` (C, H, W) and mean ``mean`` ((C, H, W),
+        or (C,) constant per channel), written in place into buffers of that shape (see
+        :meth:`size_gaussian`)."""
         check_gaussian(power, mean, "GaussianPreconditioned", getattr(self.net, "in_channels", None))
         if self.power.shape != power.shape:
             self.size_gaussian(tuple(power.shape))
+        if self.mean.shape != mean.shape:
+            self.mean = torch.zeros(mean.shape, device=self.mean.device, dtype=self.mean.dtype)
         with torch.no_grad():
             self.power.copy_(power.detach())
             self.mean.copy_(mean.detach())

@@ -161,19 +161,19 @@ class ScorePrior(L.LightningModule):
         return windows(**kwargs)
 
     def fit_gaussian(self) -> None:
-        """Fit the stationary Gaussian of ``precondition="gaussian"`` to every training
-        window (the data module's ``training_windows()``, streamed in chunks), in the
-        normalised units the network sees. Under DDP each rank sums its shard of the
+        """Fit the Gaussian of ``precondition="gaussian"`` (mean field, stationary
+        covariance) to every training window (the data module's ``training_windows()``,
+        streamed in chunks), in the normalised units the network sees. Under DDP each rank sums its shard of the
         windows (:func:`~ldiff.nets.gaussian.moment_sums`) and the sums are all-reduced,
         so every rank holds the fit of all of them, computed once."""
         rank, replicas = self.global_rank, self.trainer.world_size
         shape = tuple(self.online.power.shape)
-        square, zero, count = moment_sums(self._training_windows(rank=rank, replicas=replicas), shape=shape)
+        square, total, count = moment_sums(self._training_windows(rank=rank, replicas=replicas), shape=shape)
         if replicas > 1:
             reduce = self.trainer.strategy.reduce
-            square, zero = (reduce(t.to(self.device), reduce_op="sum").cpu() for t in (square, zero))
+            square, total = (reduce(t.to(self.device), reduce_op="sum").cpu() for t in (square, total))
             count = int(reduce(torch.tensor(float(count), dtype=torch.float64, device=self.device), reduce_op="sum").item())
-        power, mean = moments_from_sums(square, zero, count)
+        power, mean = moments_from_sums(square, total, count)
         for module in (self.online, self.net):
             module.set_gaussian(power, mean)
         rank_zero_info(f"ScorePrior: Gaussian skip term fitted to the {count:,} training windows ({tuple(power.shape)})")

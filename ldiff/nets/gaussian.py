@@ -1,10 +1,15 @@
-r"""The analytic stationary Gaussian prior: an exact epsilon model and an exact posterior.
+r"""The analytic Gaussian prior with a stationary covariance: an exact epsilon model and an exact posterior.
 
-Model: :math:`x \sim \mathcal{N}(m, \Sigma)` on fields of shape (C, H, W), with a
-per-channel constant mean :math:`m` and a stationary covariance that is diagonal in the
-orthonormal 2-D Fourier basis :math:`F` of each channel (channels independent):
+Model: :math:`x \sim \mathcal{N}(m, \Sigma)` on fields of shape (C, H, W), with a mean
+field :math:`m` (C, H, W) (the data's mean at every node: the mean wake behind a
+cylinder, the mean shear of Kolmogorov flow) and a stationary covariance that is
+diagonal in the orthonormal 2-D Fourier basis :math:`F` of each channel (channels
+independent):
 
 .. math:: \Sigma = F^{H} \operatorname{diag}(P) F, \qquad P \ge 0 \text{ of shape (C, H, W)}.
+
+A mean of shape (C,), a constant per channel, is the same model with :math:`m` constant
+over the nodes (files written before the mean was a field hold one).
 
 Because the VP perturbation keeps it Gaussian,
 :math:`x_t \sim \mathcal{N}(\mu m, \mu^2 \Sigma + \sigma^2 I)`, the exact epsilon is
@@ -20,7 +25,8 @@ draw :math:`x' \sim \mathcal{N}(m, \Sigma)`, :math:`n' \sim \mathcal{N}(0, s^2 I
 return :math:`x' + \Sigma A^T (A \Sigma A^T + s^2 I)^{-1} (y - A x' - n')`.
 
 This is the test oracle for every sampler and guidance strategy, and a baseline prior
-for users (its posterior mean is the Wiener filter / optimal interpolation).
+for users (its posterior mean is the Wiener filter / optimal interpolation about the
+mean field).
 
 References:
     Papandreou & Yuille, "Gaussian sampling by local perturbations", NeurIPS 2010
@@ -92,27 +98,35 @@ def tweedie_cov(power: Tensor, v: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
     return fourier_filter(v, sigma**2 * power / (mu**2 * power + sigma**2))
 
 
+def mean_field(mean: Tensor) -> Tensor:
+    """The mean ``mean`` ((C,) constant per channel, or (C, H, W)) as a tensor that
+    broadcasts against fields (..., C, H, W)."""
+    return mean[:, None, None] if mean.dim() == 1 else mean
+
+
 def gaussian_epsilon(x_t: Tensor, mu: Tensor, sigma: Tensor, power: Tensor, mean: Tensor) -> Tensor:
     r"""The exact epsilon :math:`\sigma F^H [(\mu^2 P + \sigma^2)^{-1} \odot F(x_t - \mu m)]` of the
-    stationary Gaussian of eigenvalues ``power`` (C, H, W) and channel means ``mean`` (C,),
-    for ``x_t`` (B, C, H, W) and ``mu``, ``sigma`` broadcastable against it."""
-    centred = x_t - mu * mean[:, None, None]
+    Gaussian of stationary covariance eigenvalues ``power`` (C, H, W) and mean ``mean``
+    ((C, H, W), or (C,) constant per channel), for ``x_t`` (B, C, H, W) and ``mu``,
+    ``sigma`` broadcastable against it."""
+    centred = x_t - mu * mean_field(mean)
     return sigma * fourier_filter(centred, 1 / (mu**2 * power + sigma**2))
 
 
 def fit_moments(chunks: Iterable[Tensor], floor: float = 1e-6) -> tuple[Tensor, Tensor]:
-    r"""``(power, mean)`` of the stationary Gaussian fitted to the fields in ``chunks``
-    (each (n, C, H, W); all fields weigh the same), in one pass and in float64:
-    :func:`moments_from_sums` of :func:`moment_sums`.
+    r"""``(power, mean)`` of the Gaussian with a mean field and a stationary covariance
+    fitted to the fields in ``chunks`` (each (n, C, H, W); all fields weigh the same), in
+    one pass and in float64: :func:`moments_from_sums` of :func:`moment_sums`.
 
-    The mean is :math:`m_c = \operatorname{mean}_{n,i} x_{nci}` and the power the mean
-    periodogram of the centred fields, :math:`P = \operatorname{mean}_n |F(x_n - m)|^2`.
-    Centring moves only the :math:`k = 0` coefficient, :math:`F(x - m)(0) = F x(0) - c`
-    with :math:`c = \sqrt{HW}\, m = \operatorname{mean}_n F x_n(0)`, so one pass over the
-    sums of :math:`|F x|^2` and :math:`F x(0)` gives both:
-    :math:`P(0) = \operatorname{mean}_n |F x_n(0)|^2 - c^2`. The float64 and complex
-    copies never hold more than one chunk (all 850 cylinder windows of 32 x 99 x 199 at
-    once would take 4.3 and 8.6 GB).
+    The mean is the mean field :math:`m = \operatorname{mean}_n x_n` (C, H, W) and the
+    power the mean periodogram of the centred fields,
+    :math:`P = \operatorname{mean}_n |F(x_n - m)|^2 = \operatorname{mean}_n |F x_n|^2 - |F m|^2`
+    (:math:`F` is linear), so one pass over the sums of :math:`|F x|^2` and :math:`x`
+    gives both. Centring on the mean field rather than on a constant per channel takes
+    the mean flow out of :math:`P`: on the cylinder windows the mean of :math:`P` falls to
+    0.59 of the data's variance, and the exact posterior mean at x subsampling 16 improves
+    from rel l2 0.38 to 0.29. The float64 and complex copies never hold more than one
+    chunk (all 850 cylinder windows of 32 x 99 x 199 at once would take 4.3 and 8.6 GB).
 
     Args:
         chunks: fields, e.g. ``x.split(32)`` or batches read from a data set.
@@ -123,42 +137,42 @@ def fit_moments(chunks: Iterable[Tensor], floor: float = 1e-6) -> tuple[Tensor, 
 
 def moment_sums(chunks: Iterable[Tensor], shape: tuple[int, int, int] | None = None) -> tuple[Tensor, Tensor, int]:
     r"""The sufficient statistics of :func:`fit_moments`, in float64:
-    :math:`(\sum_n |F x_n|^2` (C, H, W), :math:`\sum_n F x_n(0)` (C,), ``n``). Sums of
+    :math:`(\sum_n |F x_n|^2` (C, H, W), :math:`\sum_n x_n` (C, H, W), ``n``). Sums of
     disjoint shards add up (a DDP all-reduce) to the sums of the whole; a shard with no
     fields gives zero sums of ``shape`` (C, H, W) when it is given."""
-    count, square, zero = 0, None, None
+    count, square, total = 0, None, None
     for part in chunks:
         if part.dim() != 4:
             raise ValueError(f"fit_moments: need fields of shape (n, C, H, W), got {tuple(part.shape)}")
         if not torch.isfinite(part).all():
             raise ValueError("fit_moments: training fields hold NaN or Inf")
-        coeffs = _fft(part.double())
-        part_square, part_zero = coeffs.abs().square().sum(dim=0), coeffs[:, :, 0, 0].real.sum(dim=0)
-        square, zero = (part_square, part_zero) if square is None else (square + part_square, zero + part_zero)
+        part = part.double()
+        part_square, part_total = _fft(part).abs().square().sum(dim=0), part.sum(dim=0)
+        square, total = (part_square, part_total) if square is None else (square + part_square, total + part_total)
         count += part.shape[0]
     if square is None:
         if shape is None:
             raise ValueError("fit_moments: need at least 2 fields, got 0")
-        return torch.zeros(shape, dtype=torch.float64), torch.zeros(shape[0], dtype=torch.float64), 0
-    return square, zero, count
+        return torch.zeros(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64), 0
+    return square, total, count
 
 
-def moments_from_sums(square: Tensor, zero: Tensor, count: int, floor: float = 1e-6) -> tuple[Tensor, Tensor]:
-    """``(power, mean)`` from the :func:`moment_sums` of ``count`` fields."""
+def moments_from_sums(square: Tensor, total: Tensor, count: int, floor: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """``(power, mean)`` from the :func:`moment_sums` of ``count`` fields; ``mean`` is the
+    mean field (C, H, W)."""
     if count < 2:
         raise ValueError(f"fit_moments: need at least 2 fields, got {count}")
-    power, centre = square / count, zero / count
-    power[:, 0, 0] = (power[:, 0, 0] - centre**2).clamp_min(0)
-    h, w = power.shape[-2:]
-    return power.clamp_min(floor * power.mean()), centre / (h * w) ** 0.5
+    mean = total / count
+    power = (square / count - _fft(mean).abs().square()).clamp_min(0)
+    return power.clamp_min(floor * power.mean()), mean
 
 
 def check_gaussian(power: Tensor, mean: Tensor, where: str, channels: int | None = None) -> None:
     """``ValueError`` from ``where`` unless ``power`` is (C, H, W), finite and non-negative
-    and ``mean`` is (C,) and finite, with C = ``channels`` when given."""
+    and ``mean`` is (C, H, W) or (C,) and finite, with C = ``channels`` when given."""
     c = "C" if channels is None else channels
-    if power.dim() != 3 or mean.shape != power.shape[:1] or (channels is not None and power.shape[0] != channels):
-        raise ValueError(f"{where}: power must be ({c}, H, W) and mean ({c},), got {tuple(power.shape)}, {tuple(mean.shape)}")
+    if power.dim() != 3 or mean.shape not in (power.shape, power.shape[:1]) or (channels is not None and power.shape[0] != channels):
+        raise ValueError(f"{where}: power must be ({c}, H, W) and mean ({c}, H, W) or ({c},), got {tuple(power.shape)}, {tuple(mean.shape)}")
     if (power < 0).any() or not torch.isfinite(power).all():
         raise ValueError(f"{where}: power must be finite and non-negative")
     if not torch.isfinite(mean).all():
@@ -182,13 +196,14 @@ def load_state(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
 
 
 class GaussianPrior(nn.Module):
-    """A stationary Gaussian prior with an exact epsilon (see the module docstring).
+    """A Gaussian prior with a mean field and a stationary covariance, with an exact
+    epsilon (see the module docstring).
 
     Args:
         schedule: the VP schedule that defines ``x_t``.
         power: the covariance eigenvalues :math:`P` in the orthonormal Fourier basis,
             shape (C, H, W), non-negative and symmetric (:math:`P(k) = P(-k)`).
-        mean: per-channel mean, shape (C,).
+        mean: the mean field, shape (C, H, W), or a constant per channel, shape (C,).
     """
 
     def __init__(self, schedule: Schedule, power: Tensor, mean: Tensor):
@@ -236,7 +251,7 @@ class GaussianPrior(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` exact prior samples, shape (n, C, H, W)."""
         z = randn((n, *self.power.shape), generator, device=self.power.device)
-        return self.mean[:, None, None] + fourier_filter(z, self.power.sqrt())
+        return mean_field(self.mean) + fourier_filter(z, self.power.sqrt())
 
     def solve(self, residual: Tensor, op: Operator, std: float | Tensor, maxiter: int, precondition: Callable | None = None) -> tuple[Tensor, Tensor]:
         r"""``(w, relres)``: :math:`w \approx (A \Sigma A^T + s^2 I)^{-1} r` for residuals ``r``
@@ -267,7 +282,7 @@ class GaussianPrior(nn.Module):
     def posterior_mean(self, y: Tensor, op: Operator, std: float | Tensor, maxiter: int = 500, precondition: Callable | None = None) -> Tensor:
         """Exact posterior mean (to CG tolerance), shape (B, C, H, W), for ``y`` (B, *obs_shape)."""
         check_std(std)
-        prior_mean = self.mean[:, None, None].expand(self.power.shape).unsqueeze(0)
+        prior_mean = mean_field(self.mean).expand(self.power.shape).unsqueeze(0)
         return prior_mean + self._gain(y - op(prior_mean), op, std, maxiter, precondition)
 
     def posterior_sample(

@@ -38,9 +38,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-from torch import Tensor
-
 from ldiff.guidance.base import GridStrategy, record
 from ldiff.guidance.pnp_admm import data_prox
 

@@ -4,8 +4,10 @@ A compare config is a predict config with a sweep: its ``model`` and ``data`` se
 are the arguments of :class:`~ldiff.lit.inference.InferenceModule` and
 :class:`~ldiff.data.module.FieldDataModule` exactly as ``ldiff predict`` takes them, and
 ``strategies`` and ``operators`` name the classes to sweep (each by ``class_path``).
-Optionally ``baseline`` adds the exact posterior under a Gaussian prior (mean field, stationary covariance)
-(``exact-gaussian``). For each (strategy, operator) pair the comparison runs the same
+Optionally ``baseline`` adds the exact posterior under a Gaussian prior (mean field, stationary covariance):
+its mean (``exact-gaussian``) and, with ``baseline_sample: true``, also exact posterior
+samples by perturb-and-solve (``exact-gaussian-sample``), the row to set one diffusion
+sample against (a posterior mean fits tighter than any sample). For each (strategy, operator) pair the comparison runs the same
 path as ``ldiff predict``: ``trainer.predict`` of an InferenceModule built from the
 config, a :class:`~ldiff.writers.ReconstructionWriter`, and the module's metrics, which
 stay in memory. The run directory then holds:
@@ -35,6 +37,7 @@ Config keys (YAML, parsed safely; unknown keys are refused by name)::
     operators: {sub2: {class_path: ldiff.observe.Subsample, init_args: {stride: 2}}, ...}
     strategies: {dps-sum: {class_path: ldiff.guidance.dps_sum.DPSSum, init_args: {gamma: 0.01}}, ...}
     baseline: checkpoints/kolmogorov/gaussian.pt    # a GaussianPrior file, or {fit: TRAIN_STORE}
+    baseline_sample: false     # true: also the exact Gaussian posterior's samples
     output: runs/compare
     wandb: {mode: offline, project: ldiff}
     trainer: {accelerator: cpu, devices: 1}
@@ -70,7 +73,7 @@ from ldiff.tracking import RunLog, finish_wandb, provenance, write_json
 from ldiff.writers import ReconstructionWriter
 
 DEFAULT_OPERATORS = {f"sub{s}": {"class_path": "ldiff.observe.Subsample", "init_args": {"stride": s}} for s in (2, 4, 8, 16)}
-KEYS = {"model", "data", "operators", "strategies", "baseline", "output", "wandb", "trainer"}
+KEYS = {"model", "data", "operators", "strategies", "baseline", "baseline_sample", "output", "wandb", "trainer"}
 MODEL_KEYS = set(inspect.signature(InferenceModule).parameters) - {"strategy", "operator", "grid"}
 DATA_KEYS = set(inspect.signature(FieldDataModule).parameters) - {"random_window", "shift"}
 TRAINER_KEYS = {"accelerator", "devices", "precision", "strategy", "num_nodes"}
@@ -109,6 +112,10 @@ def read_config(path: str, overrides: list[str] | None = None) -> dict[str, Any]
     baseline = cfg.get("baseline")
     if not (baseline is None or isinstance(baseline, str) or (isinstance(baseline, dict) and set(baseline) == {"fit"})):
         raise ValueError(f"{path}: baseline: need a GaussianPrior file or {{fit: TRAIN_STORE}}, got {baseline!r}")
+    if not isinstance(cfg.get("baseline_sample", False), bool):
+        raise ValueError(f"{path}: baseline_sample: need true or false, got {cfg['baseline_sample']!r}")
+    if cfg.get("baseline_sample") and baseline is None:
+        raise ValueError(f"{path}: baseline_sample: needs a baseline")
     cfg.setdefault("operators", DEFAULT_OPERATORS)
     cfg.setdefault("output", "runs/compare")
     cfg["data"] = {"split": [0.0, 0.0, 1.0], **cfg["data"]}
@@ -162,6 +169,8 @@ def run(
     baseline = gaussian_baseline(cfg.get("baseline"), datamodule.window, normalizer, schedule)
     if baseline is not None:
         strategies["exact-gaussian"] = baseline
+        if cfg.get("baseline_sample"):
+            strategies["exact-gaussian-sample"] = ExactGaussian(baseline.prior, sample=True)
     operators = {name: instantiate(spec, f"{config_path}: operators.{name}", base=Operator) for name, spec in cfg["operators"].items()}
 
     def module(strategy: str, operator: str) -> InferenceModule:

@@ -507,6 +507,12 @@ ONE_LINE_CASES = {
     "compare baseline: true": (
         lambda f, t: compare_config(f, t, baseline=True),
         "{tmp}/c.yaml: baseline: need a GaussianPrior file or {{fit: TRAIN_STORE}}, got True"),
+    "compare baseline_sample: yes": (
+        lambda f, t: compare_config(f, t, baseline_sample="yes"),
+        "{tmp}/c.yaml: baseline_sample: need true or false, got 'yes'"),
+    "compare baseline_sample without a baseline": (
+        lambda f, t: compare_config(f, t, baseline_sample=True),
+        "{tmp}/c.yaml: baseline_sample: needs a baseline"),
     "fit on a grid too small for the network": (
         lambda f, t: fit_config(f, t, "--data.path", str(small_grid_store(f, t)), "--model.net.init_args.widths", "[8, 16, 32]"),
         "{tmp}/small.nc: the grid is 4x4, too small for 3 levels with kernel_size 3: H and W must exceed 4 (model.net.init_args.widths sets the levels)"),

@@ -44,7 +44,7 @@ def compared(prior, tmp_path_factory):
     ckpt, train, test = prior
     tmp = tmp_path_factory.mktemp("compare")
     config = yaml.safe_load((ROOT / "configs" / "compare" / "grf-tiny.yaml").read_text())
-    config.update(output=str(tmp / "run"), baseline={"fit": str(train)})
+    config.update(output=str(tmp / "run"), baseline={"fit": str(train)}, baseline_sample=True)
     config["model"].update(checkpoint=str(ckpt))
     config["data"].update(path=str(test))
     path = tmp / "compare.yaml"
@@ -56,7 +56,7 @@ def compared(prior, tmp_path_factory):
 def test_compare_writes_one_scored_prediction_file_per_pair(compared):
     out, _ = compared
     rows = list(csv.DictReader(open(out / "tables" / "summary.csv")))
-    strategies = ["dps-sum", "dual-scaled", "mmps", "ddrm", "exact-gaussian"]
+    strategies = ["dps-sum", "dual-scaled", "mmps", "ddrm", "exact-gaussian", "exact-gaussian-sample"]
     assert [(r["strategy"], r["operator"]) for r in rows] == [(s, o) for o in ("sub2", "sub4") for s in strategies]
     # window 2 -> 4 channels of 16 x 16: 4 x 8 x 8 and 4 x 4 x 4 observations
     assert {r["operator"]: int(r["n_obs"]) for r in rows} == {"sub2": 256, "sub4": 64}
@@ -74,6 +74,13 @@ def test_the_exact_gaussian_row_fits_the_data_at_about_the_noise(compared):
     rows = {(r["strategy"], r["operator"]): r for r in csv.DictReader(open(out / "tables" / "summary.csv"))}
     # a posterior mean fits the observations more tightly than the noise (ratio < 1)
     assert 0.2 < float(rows[("exact-gaussian", "sub2")]["residual_ratio"]) < 1.0
+    for op in ("sub2", "sub4"):
+        mean, sample = rows[("exact-gaussian", op)], rows[("exact-gaussian-sample", op)]
+        # its K rows are one mean; the sample row's are K different exact posterior samples
+        assert float(mean["spread_skill"]) == 0.0 and float(sample["spread_skill"]) > 0.1
+        # a sample misses the truth by more than the mean does, and fits the data more loosely
+        assert float(sample["rel_l2"]) > float(mean["rel_l2"])
+        assert float(sample["residual_ratio"]) > float(mean["residual_ratio"])
 
 
 def test_compare_records_provenance_figures_and_a_local_mirror(compared):
@@ -86,7 +93,10 @@ def test_compare_records_provenance_figures_and_a_local_mirror(compared):
     assert (out / "figures" / "diagnostics.png").stat().st_size > 10_000
     # what W&B got is mirrored locally: the summary table, the summary values, the series
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["dps-sum/sub2/diverged"] == 0 or summary["dps-sum/sub2/diverged"] > 0
+    table = {(r["strategy"], r["operator"]): r for r in csv.DictReader(open(out / "tables" / "summary.csv"))}
+    for (strategy, op), row in table.items():
+        assert summary[f"{strategy}/{op}/diverged"] == int(row["diverged"])
+        assert summary[f"{strategy}/{op}/rmse_mean"] == pytest.approx(float(row["rmse_mean"]), nan_ok=True)
     series = json.loads((out / "tables" / "diagnostics.json").read_text())
     dps = [row for row in series if (row["strategy"], row["operator"]) == ("dps-sum", "sub4")]
     assert [row["step"] for row in dps] == list(range(6))  # 6 sampler steps, one guided evaluation each
@@ -97,7 +107,7 @@ def test_compare_makes_one_wandb_run_per_pair_in_one_group_with_the_diagnostics_
     out, ckpt = compared
     runs = read_runs(out / "wandb")
     pairs = [run for run in runs if run.job_type == "compare"]
-    strategies = ["dps-sum", "dual-scaled", "mmps", "ddrm", "exact-gaussian"]
+    strategies = ["dps-sum", "dual-scaled", "mmps", "ddrm", "exact-gaussian", "exact-gaussian-sample"]
     assert sorted(run.name for run in pairs) == sorted(f"{s}@{o}" for s in strategies for o in ("sub2", "sub4"))
     assert len({run.group for run in runs}) == 1 and [run.job_type for run in runs].count("summary") == 1
     run = next(run for run in pairs if run.name == "dps-sum@sub4")

@@ -31,7 +31,7 @@ demo: $(STAMP)
 
 # The user's flow: the shipped cylinder window prior on held-out Re = 100 windows, the
 # default against the user's dps-sum and clamped-linear rule and the exact Gaussian
-# posterior, x subsampling 2, 4, 8, 16. Every strategy: drop --only.
+# posterior (its mean and its samples), x subsampling 2, 4, 8, 16. Every strategy: drop --only.
 demo-cylinder: $(STAMP)
 	OMP_NUM_THREADS=2 $(VENV)/bin/ldiff compare --config configs/compare/cylinder.yaml --only mmps dps-sum clamped-linear
 

@@ -204,6 +204,53 @@ def test_fit_killed_anywhere_and_resumed_ends_with_the_weights_of_an_uninterrupt
     assert all(torch.equal(a, b) for a, b in moments)
 
 
+KILL_BOTH_RANKS_AT_STEP = """
+import os, signal, sys
+from ldiff.cli import main
+from ldiff.lit.prior import ScorePrior
+step, original = int(os.environ["LDIFF_KILL_AT_STEP"]), ScorePrior.training_step
+def training_step(self, batch, batch_idx):
+    if self.global_step == step and self.global_rank == 0:
+        os.killpg(os.getpgid(0), signal.SIGKILL)  # rank 0, rank 1 (its child) and nothing else
+    return original(self, batch, batch_idx)
+ScorePrior.training_step = training_step
+sys.exit(main(sys.argv[1:]))
+"""
+"""A script (Lightning's DDP launcher re-runs ``sys.argv`` for rank 1, so it must be a
+file, not ``-c``): ``ldiff ARGS`` on 2 ranks that both die, as a node does, when rank 0
+starts optimiser step ``$LDIFF_KILL_AT_STEP``."""
+
+
+def test_two_process_ddp_fit_killed_mid_epoch_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(store, tmp_path):
+    """The SLURM requeue of a 2-GPU fit: 2 DDP ranks (gloo) of 6 steps an epoch (12
+    windows, batches of 1 per rank), checkpoints every 4 steps, killed as step 11 starts,
+    resumed with ``--ckpt_path last`` from the mid-epoch checkpoint at step 8 (each rank
+    skips its own 2 trained batches of epoch 1): every tensor at step 12 equals that of an
+    uninterrupted 2-rank run."""
+    script = tmp_path / "kill_at_step.py"
+    script.write_text(KILL_BOTH_RANKS_AT_STEP)
+
+    def fit(root: str, *extra: str, kill: bool = False) -> subprocess.CompletedProcess:
+        command = [sys.executable, str(script)] if kill else [sys.executable, "-m", "ldiff.cli"]
+        args = fit_args(store, tmp_path / root, *EXACT, "--trainer.max_epochs", "2", "--trainer.devices", "2", "--trainer.strategy", "ddp", *extra)
+        return subprocess.run([*command, *args], env={**ENV, "LDIFF_KILL_AT_STEP": "11"}, capture_output=True,
+                              text=True, timeout=240, check=False, start_new_session=True)  # fmt: skip
+
+    done = fit("uninterrupted")
+    assert done.returncode == 0, done.stderr[-2000:]
+    killed = fit("killed", kill=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 8  # mid-epoch 1 (steps 6-11)
+    done = fit("killed", "--ckpt_path", "last")
+    assert done.returncode == 0, done.stderr[-2000:]
+    uninterrupted = torch.load(tmp_path / "uninterrupted" / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["global_step"] == uninterrupted["global_step"] == 12
+    different = [key for key, value in uninterrupted["state_dict"].items() if not torch.equal(value, resumed["state_dict"][key])]
+    assert not different, f"{len(different)} of {len(resumed['state_dict'])} tensors differ, e.g. {different[0]}"
+
+
 def test_fit_killed_while_writing_last_ckpt_keeps_the_previous_one(store, tmp_path):
     # writes: epoch=0 (1), last (2), epoch=1 (3), last (4): die half-way through the 4th
     done = ldiff(*fit_args(store, tmp_path, "--trainer.max_epochs", "3"), kill_on=("torch.save", 4))

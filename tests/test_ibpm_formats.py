@@ -24,7 +24,8 @@ import torch
 
 from ldiff.cli import main
 from ldiff.data.conditions import mask as mask_condition
-from ldiff.data.ibpm import read_ibpm_dir, read_restart
+from ldiff.data.ibpm import read_ibpm_dir
+from ldiff.data.ibpm_restart import read_restart
 from ldiff.data.ibpm_geom import body_mask, read_geom
 from ldiff.data.store import load
 

@@ -315,6 +315,36 @@ def test_merge_stacks_trajectories_and_refuses_other_grids(tmp_path):
     assert not (tmp_path / "bad.nc").exists()
 
 
+def test_merge_of_runs_at_different_parameters_keeps_each_trajectorys_values(tmp_path):
+    """Runs at Re 60 and 80 merged: ``Re``, ``seed`` and the rest that differ become
+    variables over trajectory (the merged store said Re = 60 for every trajectory
+    before); what the files share stays an attribute; merging a merged store goes on."""
+    from ldiff.cli import main
+    from ldiff.data.grf import generate_grf
+    from ldiff.data.store import load, save
+
+    paths = [tmp_path / f"re{re}.nc" for re in (60, 80, 100)]
+    for k, (path, re, n) in enumerate(zip(paths, (60.0, 80.0, 100.0), (2, 1, 1))):
+        ds = generate_grf(n, 3, 8, seed=k)
+        ds.attrs.update(Re=re, St=0.15 + 0.01 * k, note=f"run {k}", U=1.0)
+        if k == 1:
+            del ds.attrs["note"]
+        save(ds, path)
+    assert main(["data", "merge", str(paths[0]), str(paths[1]), "-o", str(tmp_path / "ab.nc")]) == 0
+    merged = load(tmp_path / "ab.nc")
+    assert merged["Re"].dims == ("trajectory",) and merged["Re"].values.tolist() == [60.0, 60.0, 80.0]
+    assert merged["seed"].values.tolist() == [0, 0, 1] and merged["seed"].dtype == np.int64
+    np.testing.assert_allclose(merged["St"].values, [0.15, 0.15, 0.16])
+    assert merged["note"].values.tolist() == ["run 0", "run 0", ""]  # missing in one file
+    assert "Re" not in merged.attrs and "seed" not in merged.attrs and merged.attrs["U"] == 1.0
+    assert main(["data", "merge", str(tmp_path / "ab.nc"), str(paths[2]), "-o", str(tmp_path / "abc.nc")]) == 0
+    again = load(tmp_path / "abc.nc")
+    assert again["Re"].values.tolist() == [60.0, 60.0, 80.0, 100.0] and again["seed"].values.tolist() == [0, 0, 1, 2]
+    module = FieldDataModule(str(tmp_path / "abc.nc"), window=2, split=(0.5, 0.25, 0.25), seed=0)
+    module.setup()  # the per-trajectory variables do not get in the way of training
+    assert next(iter(module.train_dataloader()))["x"].shape[1:] == (4, 8, 8)
+
+
 def test_shift_augmentation_rolls_training_items_by_multiples_of_the_step(tmp_path):
     path = save(generate_grf(4, 3, 16, seed=3), tmp_path / "g.nc")
     plain = FieldDataModule(str(path), split=(1.0, 0.0, 0.0), random_window=False)

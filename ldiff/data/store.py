@@ -10,6 +10,8 @@ Layout (every generator and reader produces exactly this, checked by :func:`vali
 - data variables ``u`` and ``v`` (velocity, float32) with dims
   ``(trajectory, time, y, x)``, optionally ``vorticity`` with the same dims, and
   optionally ``mask`` with dims ``(y, x)`` (1 in fluid, 0 inside a body);
+- optionally variables with dims ``(trajectory,)``: what differs between the runs of a
+  merged store (``Re``, ``seed``, ...; :func:`concat`);
 - coordinates ``time`` (``units`` attribute), ``y`` and ``x`` (physical positions,
   ``units`` attribute) and ``trajectory`` (integer index);
 - attributes: ``flow`` (``kolmogorov``, ``cylinder``, ``grf``, ...), ``source``
@@ -232,9 +234,12 @@ def load(path: str | os.PathLike) -> xr.Dataset:
 def concat(paths: list[str | os.PathLike]) -> xr.Dataset:
     """Stores of the same flow and grid, their trajectories stacked in order.
 
-    For data generated in parallel runs (for example one seed per process). Attributes
-    are the first file's, with ``source`` listing every file and per-file ``seed`` values
-    joined.
+    For data generated in parallel runs (one seed per process) or at several parameters
+    (one Reynolds number per run). ``source`` lists every file. An attribute with the
+    same value in every file stays an attribute; one whose values differ (``Re``, ``nu``,
+    ``strouhal``, ``seed``, ...) becomes a variable over ``trajectory``
+    (:func:`per_trajectory`), so the merged store never claims the first file's value for
+    every trajectory.
 
     Raises:
         ValueError: naming the first file whose grid, times or physics differ.
@@ -252,8 +257,47 @@ def concat(paths: list[str | os.PathLike]) -> xr.Dataset:
                 raise ValueError(f"{path}: attribute '{key}' is {ds.attrs.get(key)!r}, {paths[0]} has {first.attrs.get(key)!r}")
     merged = xr.concat(stores, dim="trajectory", data_vars="minimal", coords="minimal", compat="override", join="override")
     merged = merged.assign_coords(trajectory=np.arange(merged.sizes["trajectory"]))
-    merged.attrs = dict(first.attrs)
-    merged.attrs["source"] = "; ".join(f"{p}: {ds.attrs.get('source')}" for p, ds in zip(paths, stores))
-    if all("seed" in ds.attrs for ds in stores):
-        merged.attrs["seed"] = ",".join(str(ds.attrs["seed"]) for ds in stores)
+    attrs, variables = per_trajectory(stores)
+    merged = merged.drop_vars([name for name in variables if name in merged.variables])
+    merged.attrs = {**attrs, "source": "; ".join(f"{p}: {ds.attrs.get('source')}" for p, ds in zip(paths, stores))}
+    for name, values in variables.items():
+        merged[name] = ("trajectory", values, {"long_name": f"{name} of each trajectory (the files merged had different values)"})
     return merged
+
+
+def per_trajectory(stores: list[xr.Dataset]) -> tuple[dict, dict[str, np.ndarray]]:
+    """The attributes of ``stores`` merged along ``trajectory``: ``(attrs, variables)``.
+
+    A key whose value is the same attribute in every store is kept in ``attrs``. Every
+    other key (an attribute that differs, is missing somewhere, or is already a variable
+    over ``trajectory`` in a merged input) gives one value per trajectory, in
+    ``variables``: integers as int64, other numbers as float64 (NaN where a store lacks
+    the key), anything else as strings ("" where missing). ``source`` is left to the caller.
+    """
+
+    def values_of(ds: xr.Dataset, key: str) -> list:
+        if key in ds.data_vars and ds[key].dims == ("trajectory",):
+            return list(ds[key].values)
+        return [ds.attrs[key]] * ds.sizes["trajectory"] if key in ds.attrs else [None] * ds.sizes["trajectory"]
+
+    def same(a, b) -> bool:
+        return type(a) is type(b) and np.array_equal(np.asarray(a), np.asarray(b)) if a is not None else False
+
+    keys = [key for ds in stores for key in (*ds.attrs, *(n for n in ds.data_vars if ds[n].dims == ("trajectory",)))]
+    attrs, variables = {}, {}
+    for key in dict.fromkeys(keys):
+        if key == "source":
+            continue
+        first = stores[0].attrs.get(key)
+        if all(key in ds.attrs and key not in ds.data_vars and same(ds.attrs[key], first) for ds in stores):
+            attrs[key] = first
+            continue
+        values = [value for ds in stores for value in values_of(ds, key)]
+        numeric = all(value is None or (np.ndim(value) == 0 and np.asarray(value).dtype.kind in "fiub") for value in values)
+        if numeric and None not in values and all(np.asarray(value).dtype.kind in "iub" for value in values):
+            variables[key] = np.array([int(value) for value in values], dtype=np.int64)
+        elif numeric:
+            variables[key] = np.array([np.nan if value is None else float(value) for value in values])
+        else:
+            variables[key] = np.array(["" if value is None else str(value) for value in values])
+    return attrs, variables

@@ -80,8 +80,9 @@ TRAINER_KEYS = {"accelerator", "devices", "precision", "strategy", "num_nodes"}
 WANDB_KEYS = {"mode", "project"}
 COLUMNS = (
     "strategy", "operator", "n_obs", "rmse", "rmse_mean", "rel_l2", "rel_l2_mean", "vorticity_corr", "vorticity_corr_mean",
-    "residual_ratio", "energy_ratio", "spectrum_log_error", "crps", "spread_skill", "divergence", "divergence_truth",
-    "strouhal", "strouhal_truth", "strouhal_error", "balanced", "flat", "diverged", "seconds",
+    "residual_ratio", "energy_ratio", "energy_ratio_mean", "spectrum_log_error", "crps", "spread_skill", "divergence",
+    "divergence_truth", "strouhal", "strouhal_truth", "strouhal_error", "strouhal_error_mean", "balanced", "flat", "diverged",
+    "seconds",
 )  # fmt: skip
 """The summary table's columns: ``rel_l2`` is the user's normalised RMSE; the Strouhal
 columns are NaN for data that are not cylinder-wake windows (see

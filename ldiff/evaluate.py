@@ -14,8 +14,10 @@ Two families of numbers, each compared like with like:
   posterior sample), the regime counts, and for K > 1 the fair CRPS and the
   spread/skill ratio;
 - **posterior mean** (the mean of the K samples against the truth, suffix ``_mean``):
-  RMSE, relative L2 error (the normalised RMSE) and vorticity correlation, the numbers
-  to set beside an exact posterior mean such as the Gaussian baseline's.
+  RMSE, relative L2 error (the normalised RMSE), vorticity correlation, the energy ratio
+  (below 1 by the posterior's spread: a mean is smoother than any sample) and, for wake
+  windows, the Strouhal error: the numbers to set beside an exact posterior mean such as
+  the Gaussian baseline's, and those of the mean as the reconstruction.
 
 Diverged samples are excluded from the field metrics (and counted); if every sample of
 an item diverged, the item drops out of the ``_mean`` metrics. Where nothing is left to
@@ -100,6 +102,8 @@ class ReconstructionMetrics(nn.Module):
         """The metrics scored on every sample against its truth, in ``update`` and ``compute``."""
         self.rmse_mean = FieldRMSE(scale=scale)
         self.vorticity_mean = VorticityError(dx, dy, periodic, scale=scale)
+        self.energy_mean = EnergyRatio()
+        self.strouhal_mean = None if wake is None else StrouhalError(**wake)
         self.crps = CRPS()
         self.spread = SpreadSkill()
         self.ensemble_items = SumMetric()
@@ -124,6 +128,9 @@ class ReconstructionMetrics(nn.Module):
         mean = safe.sum(dim=1) / weights.sum(dim=1).clamp_min(1)[:, None, None, None]
         self.rmse_mean.update(mean, truth, kept)
         self.vorticity_mean.update(mean, truth, kept)
+        self.energy_mean.update(mean, truth, kept)
+        if self.strouhal_mean is not None:
+            self.strouhal_mean.update(mean, truth, kept)
         if k > 1:
             whole = valid.reshape(b, k).all(dim=1)
             self.ensemble_items.update(whole.double().sum())
@@ -144,6 +151,11 @@ class ReconstructionMetrics(nn.Module):
         vorticity_mean = self.vorticity_mean.compute()
         out["vorticity_corr_mean"] = _value(vorticity_mean["vorticity_corr"])
         out["vorticity_rmse_mean"] = _value(vorticity_mean["vorticity_rmse"])
+        out["energy_ratio_mean"] = _value(self.energy_mean.compute()["energy_ratio"])
+        if self.strouhal_mean is not None:
+            strouhal_mean = self.strouhal_mean.compute()
+            out["strouhal_error_mean"] = _value(strouhal_mean["strouhal_error"])
+            out["strouhal_unresolved_mean"] = int(strouhal_mean["strouhal_unresolved"])
         if k > 1:
             out["ensemble_items"] = int(self.ensemble_items.compute())
             out["crps"] = _value(self.crps.compute()["crps"])

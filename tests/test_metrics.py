@@ -310,6 +310,43 @@ def test_strouhal_error_scores_each_sample_against_its_truth_and_counts_flat_win
     assert "strouhal" not in ReconstructionMetrics(Subsample(4), 0.1, 0.2, 0.25, False).compute()
 
 
+def test_the_posterior_mean_is_scored_for_its_energy_and_its_shedding_frequency():
+    """``energy_ratio_mean`` and ``strouhal_error_mean`` score the mean of each item's
+    kept samples. Item 0: v shifted by +-60 degrees of phase (u the truth's): the mean's
+    v is cos 60 = 0.5 of the truth's, at the same frequency. Item 1: a flat sample and a
+    diverged one: the mean is the flat sample, unresolved. Item 2: the truth and a flat
+    sample: the mean is half the truth, resolved, where one of its samples is not."""
+    from ldiff.evaluate import ReconstructionMetrics
+    from ldiff.metrics import DIVERGED
+    from ldiff.observe import Subsample
+
+    torch.manual_seed(0)
+    x, y = torch.linspace(-4, 12, 81, dtype=torch.float64), torch.linspace(-4, 4, 33, dtype=torch.float64)
+    truth = wake_windows([0.18, 0.18, 0.18], x, y)
+    t = torch.arange(16, dtype=torch.float64)
+    shifted = []
+    for phase in (math.pi / 3, -math.pi / 3):
+        v = torch.sin(2 * math.pi * (0.18 * t[:, None, None] - x / 4.8) + phase) * torch.exp(-y[:, None].square())
+        shifted.append(torch.stack([truth[0, 0::2], v], dim=1).flatten(0, 1))
+    flat = torch.zeros_like(truth[0])
+    recon = torch.stack([torch.stack(shifted), torch.stack([flat, truth[1]]), torch.stack([truth[2], flat])])
+    codes = torch.tensor([[0, 0], [0, DIVERGED], [0, 0]])
+    wake = {"dt": 1.0, "x": x, "y": y, "diameter": 1.0, "center": (0.0, 0.0)}
+    metrics = ReconstructionMetrics(Subsample(4), 0.1, float(x[1] - x[0]), float(y[1] - y[0]), False, wake=wake)
+    metrics.update(recon.float(), truth.float(), Subsample(4)(truth.float()), codes)
+    out = metrics.compute()
+
+    def std(field):  # the root of the grid variance per channel, averaged over channels
+        return field.double().flatten(1).var(dim=1, correction=0).mean().sqrt()
+
+    mean0 = (shifted[0] + shifted[1]) / 2
+    torch.testing.assert_close(mean0[1::2], truth[0, 1::2] / 2, atol=1e-6, rtol=0)
+    expected = [std(mean0.float()) / std(truth[0].float()), 0.0, std(truth[2].float() / 2) / std(truth[2].float())]
+    assert out["energy_ratio_mean"] == pytest.approx(float(sum(expected) / 3), rel=1e-6)
+    assert out["strouhal_unresolved_mean"] == 1 and out["strouhal_unresolved"] == 2
+    assert out["strouhal_error_mean"] == pytest.approx(0.0, abs=1e-6)  # items 0 and 2 shed at the truth's frequency
+
+
 def test_divergence_ratio_is_zero_for_a_solenoidal_truth_and_exact_for_an_added_gradient():
     """Truth: the curl of psi = sin x sin y (vorticity 2 sin x sin y, rms 1); the
     reconstruction adds the gradient of phi = a cos x cos 2y, whose divergence

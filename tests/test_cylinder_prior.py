@@ -67,3 +67,28 @@ def test_the_normalised_rmse_meets_issue_15_bound(reconstruction, request):
     if stride == 16:
         request.applymarker(pytest.mark.xfail(strict=True, reason="issue 15: one sample's rel_l2 at sub 16 is about 0.36 (one exact Gaussian posterior sample's: 0.42)"))
     assert module.results()["rel_l2"] < 0.3
+
+
+def test_the_shipped_cylinder_predict_config_reconstructs_from_sensor_rakes(tmp_path):
+    """``ldiff predict --config configs/predict/cylinder.yaml``, the user's sensors: 4 rakes
+    at x = 2, 4, 6, 8 (104 sensors, u and v of 16 frames: N = 3,328), one window, one
+    sample, 8 steps. The file's observations sit on the grid nodes nearest the rakes, in
+    the fluid, and the sample is finite and not diverged."""
+    import xarray as xr
+
+    from ldiff.cli import main
+
+    out = tmp_path / "rakes.nc"
+    args = ["predict", "--config", str(ROOT / "configs/predict/cylinder.yaml"), "--model.checkpoint", str(PRIOR),
+            "--data.path", str(HELDOUT), "--data.items", "1", "--model.samples", "1", "--model.steps", "8",
+            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.callbacks.init_args.output", str(out)]  # fmt: skip
+    assert main(args) == 0
+    with xr.open_dataset(out, engine="h5netcdf") as ds:
+        assert ds.attrs["metric_n_obs"] == 3_328 and ds.sizes["obs"] == 3_328
+        x, y = ds["x"].values, ds["y"].values
+        nearest = {float(x[np.abs(x - position).argmin()]) for position in (2.0, 4.0, 6.0, 8.0)}
+        assert set(np.unique(ds["obs_x"].values).tolist()) == nearest
+        heights = np.unique(ds["obs_y"].values)
+        assert len(heights) == 26 and heights.min() == pytest.approx(-2.0, abs=0.04) and heights.max() == pytest.approx(2.0, abs=0.04)
+        assert np.isfinite(ds["recon"].values).all() and (ds["regime"].values != 2).all()
+        assert ds.attrs["metric_diverged"] == 0 and np.isfinite(ds.attrs["metric_rel_l2"])

@@ -543,3 +543,21 @@ def test_each_case_that_once_ended_in_a_traceback_is_one_line_naming_its_source(
         pytest.skip(f"{READ_ONLY.parent} accepts new directories here")
     assert run(*build(files, tmp_path)) == 2
     assert error_line(capsys) == message.format(tmp=tmp_path, store=files[0])
+
+
+def test_predict_with_the_cylinder_prior_on_another_grid_names_the_file_and_both_grids(tmp_path, capsys):
+    """The user's IBPM run at another spacing (here the held-out store at every other
+    node): the shipped window prior's Gaussian skip term is its training grid's, so the
+    run is refused before sampling, naming the store and both grids."""
+    from ldiff.data.store import load
+
+    coarse = load(ROOT / "checkpoints/cylinder-window/heldout.nc").isel(x=slice(None, None, 2), y=slice(None, None, 2))
+    coarse.attrs.update(dx=0.16, dy=0.16)
+    store = save(coarse, tmp_path / "coarse.nc")
+    assert run("predict", "--config", str(ROOT / "configs/predict/cylinder.yaml"), "--model.checkpoint", str(ROOT / "checkpoints/cylinder-window/prior.ckpt"),
+               "--data.path", str(store), "--trainer.logger", "false", "--trainer.callbacks.init_args.output", str(tmp_path / "out.nc")) == 2  # fmt: skip
+    assert error_line(capsys) == (
+        f"{store}: a grid of 50 x 100 nodes (y, x); this prior's Gaussian skip term was fitted on 99 x 199, "
+        "and the prior runs on that grid only (regrid the data, or train a prior on it)"
+    )
+    assert not (tmp_path / "out.nc").exists()

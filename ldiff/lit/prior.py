@@ -293,9 +293,19 @@ def check_channels(net: nn.Module, datamodule: Any) -> None:
     """``ValueError`` naming both numbers when the network's ``in_channels`` or
     ``cond_channels`` differ from the data module's ``channels`` or ``cond_channels``,
     and naming the data file when its grid is too small for the network's levels
-    (``check_size``); objects that do not declare these are not checked."""
+    (``check_size``) or, for a prior with a fitted Gaussian skip term, not the grid that
+    term was fitted on (its power spectrum is the training grid's); objects that do not
+    declare these are not checked."""
     check_size = getattr(net, "check_size", None) or getattr(getattr(net, "net", None), "check_size", None)
     coords = getattr(datamodule, "coords", None)
+    power = getattr(net, "power", None) if getattr(net, "fitted", False) else None
+    if power is not None and power.dim() == 3 and coords is not None:
+        grid, fitted = (coords["y"].size, coords["x"].size), tuple(power.shape[1:])
+        if grid != fitted:
+            raise ValueError(
+                f"{datamodule.path}: a grid of {grid[0]} x {grid[1]} nodes (y, x); this prior's Gaussian skip term was fitted "
+                f"on {fitted[0]} x {fitted[1]}, and the prior runs on that grid only (regrid the data, or train a prior on it)"
+            )
     if check_size is not None and coords is not None:
         try:
             check_size(coords["y"].size, coords["x"].size, what="the grid")

@@ -85,7 +85,7 @@ def test_the_shipped_cylinder_predict_config_reconstructs_from_sensor_rakes(tmp_
     assert main(args) == 0
     with xr.open_dataset(out, engine="h5netcdf") as ds:
         assert ds.attrs["metric_n_obs"] == 3_328 and ds.sizes["obs"] == 3_328
-        x, y = ds["x"].values, ds["y"].values
+        x = ds["x"].values
         nearest = {float(x[np.abs(x - position).argmin()]) for position in (2.0, 4.0, 6.0, 8.0)}
         assert set(np.unique(ds["obs_x"].values).tolist()) == nearest
         heights = np.unique(ds["obs_y"].values)

@@ -15,8 +15,8 @@ Two families of numbers, each compared like with like:
   spread/skill ratio;
 - **posterior mean** (the mean of the K samples against the truth, suffix ``_mean``):
   RMSE, relative L2 error (the normalised RMSE), vorticity correlation, the energy ratio
-  (below 1 by the posterior's spread: a mean is smoother than any sample) and, for wake
-  windows, the Strouhal error: the numbers to set beside an exact posterior mean such as
+  (below a sample's by the posterior's spread: a mean is smoother than any sample) and,
+  for wake windows, the Strouhal error: the numbers to set beside an exact posterior mean such as
   the Gaussian baseline's, and those of the mean as the reconstruction.
 
 Diverged samples are excluded from the field metrics (and counted); if every sample of

@@ -281,7 +281,7 @@ def per_trajectory(stores: list[xr.Dataset]) -> tuple[dict, dict[str, np.ndarray
         return [ds.attrs[key]] * ds.sizes["trajectory"] if key in ds.attrs else [None] * ds.sizes["trajectory"]
 
     def same(a, b) -> bool:
-        return type(a) is type(b) and np.array_equal(np.asarray(a), np.asarray(b)) if a is not None else False
+        return type(a) is type(b) and np.array_equal(np.asarray(a), np.asarray(b))
 
     keys = [key for ds in stores for key in (*ds.attrs, *(n for n in ds.data_vars if ds[n].dims == ("trajectory",)))]
     attrs, variables = {}, {}

@@ -98,7 +98,7 @@ def add_quality_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument("--k-max", type=int, default=16)
     parser.add_argument("--condition", nargs="*", default=[], help="the prior's condition channels (its data.condition)")
     parser.add_argument("-o", "--output", help="JSON file for the numbers (for the model card)")
-    parser.add_argument("--jacobian", metavar="GAUSSIAN.pt", help="instead: compare the network's Tweedie covariance with this Gaussian fit's over t (ldiff baseline)")
+    parser.add_argument("--jacobian", metavar="GAUSSIAN.pt", help="instead: compare the network's Tweedie covariance with this Gaussian fit's over t (ldiff baseline; 'prior': the prior's own skip term, the choice for a gaussian-node prior)")
     parser.add_argument("--t", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0], help="times for --jacobian")
     parser.add_argument("--strides", type=int, nargs="+", default=[2, 4, 8, 16], help="subsampling strides for --jacobian")
     parser.add_argument("--items", type=int, default=8, help="data windows for --jacobian")
@@ -137,13 +137,23 @@ def run_quality(args: argparse.Namespace) -> None:
 
 def run_jacobian(args: argparse.Namespace, net, schedule, windows: dict) -> None:
     """``ldiff quality --jacobian``: the Rayleigh-quotient table and the agreement threshold."""
+    from ldiff.diffusion.precond import standardization
     from ldiff.nets.gaussian import load_state
     from ldiff.observe import Subsample
     from ldiff.quality import jacobian_agreement
     from ldiff.tracking import write_json
 
-    power = load_state(args.jacobian)[0].float()
+    latent = standardization(net)
+    if args.jacobian == "prior":
+        if not getattr(net, "fitted", False) or getattr(net, "power", None) is None or net.power.dim() != 3:
+            raise ValueError(f"{args.checkpoint}: --jacobian prior needs a prior with a Gaussian skip term (precondition gaussian or gaussian-node)")
+        power = net.power.float()
+    elif latent is not None:
+        raise ValueError(f"{args.checkpoint}: this prior runs on standardised coordinates; compare it with its own skip term: --jacobian prior")
+    else:
+        power = load_state(args.jacobian)[0].float()
     x = windows["x"][: args.items]
+    x = x if latent is None else latent.encode(x)  # the coordinates the network runs on
     if tuple(power.shape) != tuple(x.shape[1:]):
         raise ValueError(f"{args.jacobian}: Gaussian fit is for fields {tuple(power.shape)}, the data are {tuple(x.shape[1:])}")
     cond = windows["cond"][: args.items] if "cond" in windows else None

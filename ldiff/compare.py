@@ -66,6 +66,7 @@ from ldiff.data.module import FieldDataModule
 from ldiff.guidance.base import Strategy
 from ldiff.guidance.exact_gaussian import ExactGaussian
 from ldiff.lit.checkpoint import load_prior
+from ldiff.diffusion.precond import standardization
 from ldiff.lit.inference import InferenceModule
 from ldiff.nets.gaussian import GaussianPrior
 from ldiff.observe import Operator
@@ -123,11 +124,18 @@ def read_config(path: str, overrides: list[str] | None = None) -> dict[str, Any]
     return cfg
 
 
-def gaussian_baseline(baseline: str | dict | None, window: int, normalizer: dict, schedule) -> ExactGaussian | None:
+def gaussian_baseline(baseline: str | dict | None, window: int, normalizer: dict, schedule, net=None) -> ExactGaussian | None:
     """The exact-Gaussian strategy: ``baseline`` is a saved :class:`GaussianPrior` file,
-    or ``{fit: STORE}`` to fit one to every window of a store (normalised units)."""
+    ``{fit: STORE}`` to fit one to every window of a store (normalised units), or
+    ``prior``: the Gaussian of the diffusion prior ``net``'s own skip term, in the prior's
+    coordinates (for a ``gaussian-node`` prior the Gaussian x = m + S z)."""
     if baseline is None:
         return None
+    if baseline == "prior":
+        power = getattr(net, "power", None)
+        if power is None or power.dim() != 3 or not getattr(net, "fitted", False):
+            raise ValueError(f"baseline: prior needs a prior with a Gaussian skip term (precondition gaussian or gaussian-node), not a {type(net).__name__}")
+        return ExactGaussian(GaussianPrior(schedule, power, net.mean), prior_coordinates=standardization(net) is not None)
     if isinstance(baseline, str):
         return ExactGaussian(GaussianPrior.load(baseline, schedule))
     data = FieldDataModule(baseline["fit"], window=window, split=(0.0, 0.0, 1.0))
@@ -167,11 +175,11 @@ def run(
     except (TypeError, ValueError) as error:
         raise ValueError(f"{config_path}: data: {error}") from None
     strategies = {name: instantiate(spec, f"{config_path}: strategies.{name}", base=Strategy) for name, spec in cfg["strategies"].items()}
-    baseline = gaussian_baseline(cfg.get("baseline"), datamodule.window, normalizer, schedule)
+    baseline = gaussian_baseline(cfg.get("baseline"), datamodule.window, normalizer, schedule, net)
     if baseline is not None:
         strategies["exact-gaussian"] = baseline
         if cfg.get("baseline_sample"):
-            strategies["exact-gaussian-sample"] = ExactGaussian(baseline.prior, sample=True)
+            strategies["exact-gaussian-sample"] = ExactGaussian(baseline.prior, sample=True, prior_coordinates=baseline.prior_coordinates)
     operators = {name: instantiate(spec, f"{config_path}: operators.{name}", base=Operator) for name, spec in cfg["operators"].items()}
 
     def module(strategy: str, operator: str) -> InferenceModule:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ldiff.data.normalizer import Normalizer
+from ldiff.diffusion.precond import standardization
 from ldiff.diffusion.sampler import PredictorCorrector
 from ldiff.diffusion.schedules import Schedule
 from ldiff.observe import Operator
@@ -92,8 +93,10 @@ def measure(
         x1 = torch.randn((min(batch, samples - start), *data.shape[1:]), generator=generator)
         c = None if cond is None else cond.expand(x1.shape[0], *cond.shape)
         drawn.append(sampler.sample(lambda x, t: model(x, t, c), x1, generator))
+    latent = standardization(model)
+    drawn = torch.cat(drawn) if latent is None else latent.decode(torch.cat(drawn))
     to_physical = Normalizer.from_state(normalizer).denormalize
-    fields = {name: to_physical(x.double()) for name, x in (("samples", torch.cat(drawn)), ("data", data))}
+    fields = {name: to_physical(x.double()) for name, x in (("samples", drawn), ("data", data))}
     spectra = {name: energy_spectrum(x, dx, dy)[1].mean(dim=(0, 1)) for name, x in fields.items()}
     ratio = (spectra["samples"][1 : k_max + 1] / spectra["data"][1 : k_max + 1]).tolist()
     w = {name: vorticity(x, dx, dy, periodic).std().item() for name, x in fields.items()}

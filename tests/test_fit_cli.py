@@ -24,7 +24,7 @@ from ldiff.cli import main
 from ldiff.data.grf import generate_grf
 from ldiff.data.module import FieldDataModule
 from ldiff.data.store import save
-from ldiff.diffusion.precond import GaussianPreconditioned
+from ldiff.diffusion.precond import GaussianPreconditioned, StandardizedGaussianPreconditioned
 from ldiff.lit.checkpoint import export_prior, load_prior
 from ldiff.nets.gaussian import GaussianPrior, fit_moments
 from ldiff.nets.unet import UNet, num_parameters
@@ -301,3 +301,48 @@ def test_resuming_from_a_foreign_or_mismatched_checkpoint_is_one_line(fitted, tm
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ldiff: error:")]
     cut = (shape[0], 1, *shape[2:])
     assert errors == [f"ldiff: error: checkpoint {other}: parameter {key} has shape {cut}, the model expects {shape}"]
+
+
+def test_node_standardisation_fits_every_node_then_the_gaussian_of_z_and_travels_in_the_checkpoint(fitted, tmp_path):
+    """``--model.precondition gaussian-node``: the checkpoint holds every node's mean and
+    floored std over the training windows, and the Gaussian (mean field, centred
+    periodogram) of the standardised windows z = (x - m) / s; a resume keeps them without
+    a new pass; ``load_prior`` rebuilds a skip term that is the exact epsilon of z's Gaussian."""
+    data, _ = fitted
+    assert run("fit", *fit_args(data, tmp_path / "run", "--trainer.max_epochs", "1", "--model.precondition", "gaussian-node")) == 0
+    module = FieldDataModule(str(data), window=2, split=(0.75, 0.125, 0.125), seed=0)
+    module.setup()
+    x = torch.cat(list(module.training_windows())).double()
+    mean = x.mean(dim=0)
+    std = x.std(dim=0, unbiased=False)
+    scale = std.clamp_min(1e-2 * std.square().mean().sqrt())
+    power, z_mean = fit_moments([(x - mean) / scale])
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)["state_dict"]
+    for prefix in ("net.", "online."):
+        for key, expected in (("node_mean", mean), ("node_scale", scale), ("power", power), ("mean", z_mean)):
+            torch.testing.assert_close(state[prefix + key].double(), expected, rtol=1e-5, atol=1e-6, msg=lambda m: f"{prefix}{key}: {m}")
+    with mock.patch("ldiff.lit.prior.node_sums", side_effect=AssertionError("fitted again on a resume")):
+        args = fit_args(data, tmp_path / "resumed", "--trainer.max_epochs", "2", "--model.precondition", "gaussian-node", "--ckpt_path", str(last))
+        assert run("fit", *args) == 0
+
+    net, schedule, _, hparams = load_prior(export_prior(last, tmp_path / "prior.ckpt"))
+    assert isinstance(net, StandardizedGaussianPreconditioned) and hparams["precondition"] == "gaussian-node"
+    torch.testing.assert_close(net.standardization.scale.double(), scale, rtol=1e-5, atol=1e-6)
+    z_t, t = torch.randn(3, 4, 16, 16), torch.tensor([0.1, 0.5, 0.9])
+    mu, sigma = schedule.coefficients(t, z_t)
+    skip = net(z_t, t) - mu / (mu**2 + sigma**2).sqrt() * net.net(z_t, t)
+    torch.testing.assert_close(skip, GaussianPrior(schedule, power.float(), z_mean.float())(z_t, t), rtol=1e-4, atol=1e-4)
+    # the Jacobian diagnostic compares such a prior with its own skip term, on z; a Gaussian fit of x is refused
+    quality = ["quality", "--checkpoint", str(tmp_path / "prior.ckpt"), "--data", str(data), "--items", "2", "--t", "0.5", "--strides", "2"]
+    assert run(*quality, "--jacobian", "prior", "-o", str(tmp_path / "jacobian.json")) == 0
+    assert (tmp_path / "jacobian.json").is_file()
+    GaussianPrior(schedule, power.float(), mean.float()).save(tmp_path / "gaussian-of-x.pt")
+    assert run(*quality, "--jacobian", str(tmp_path / "gaussian-of-x.pt")) == 2
+    # ldiff compare's `baseline: prior` is the exact posterior of that skip term, in the prior's coordinates
+    from ldiff.compare import gaussian_baseline
+
+    baseline = gaussian_baseline("prior", 2, {}, schedule, net)
+    assert baseline.prior_coordinates and torch.equal(baseline.prior.power, net.power)
+    with pytest.raises(ValueError, match="baseline: prior needs a prior with a Gaussian skip term"):
+        gaussian_baseline("prior", 2, {}, schedule, net.net)

@@ -49,10 +49,11 @@ def test_tweedie_covariance_is_exact(t):
 
 
 @pytest.mark.parametrize("t", [0.1, 0.5, 0.9])
-@pytest.mark.parametrize("regime", ["network", "known"])
+@pytest.mark.parametrize("regime", ["network", "known", "known-prior"])
 def test_guided_estimate_is_the_exact_conditional_mean(t, regime):
     """With the network's covariance (VJPs, known_above = inf) and with the prior's own
-    Gaussian as the known covariance (known_above tiny: FFTs, no VJP) alike."""
+    Gaussian as the known covariance (known_above tiny: FFTs, no VJP; given as the
+    Gaussian, or as ``"prior"``, read from the denoiser's model) alike."""
     pb = problem(stride=4, batch=2)
     prior = pb.prior.double()
     obs = Observation(pb.obs.y.double(), pb.obs.op, STD, FIELD_SHAPE)
@@ -62,15 +63,15 @@ def test_guided_estimate_is_the_exact_conditional_mean(t, regime):
     d = Diagnostics()
     if regime == "network":
         strategy = MMPS(maxiter=300, known_above=float("inf"))
-    else:
-        strategy = MMPS(known_above=1e-9, covariance=pb.prior, known_maxiter=300)
+    else:  # the Gaussian given, or read from the denoiser's model ("prior")
+        strategy = MMPS(known_above=1e-9, covariance=pb.prior if regime == "known" else "prior", known_maxiter=300)
     eps_tilde = strategy.guided_eps(Denoiser(prior, prior.schedule), x_t, tt, obs, d)
     x_hat = tweedie(x_t, eps_tilde, *prior.schedule.coefficients(tt, x_t))
     exact = dense_conditional_mean(prior, x_t, t, obs.y, obs.op, STD)
     assert relative_rmse(x_hat, exact).max() < 1e-6
     stacked = d.stacked()
     assert stacked["gamma_share"].isnan().all()
-    assert (stacked["known"] == (1.0 if regime == "known" else 0.0)).all()
+    assert (stacked["known"] == (0.0 if regime == "network" else 1.0)).all()
     assert (stacked["cg_truncated"] == 0).all()
 
 

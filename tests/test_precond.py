@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ldiff.diffusion.precond import GaussianPreconditioned, SkipPreconditioned, preconditioned
+from ldiff.diffusion.precond import GaussianPreconditioned, SkipPreconditioned, StandardizedGaussianPreconditioned, preconditioned
 from ldiff.diffusion.schedules import CosineSchedule, LinearBetaSchedule
 from ldiff.nets.gaussian import GaussianPrior
 from ldiff.nets.unet import UNet
@@ -126,6 +126,27 @@ def test_preconditioning_is_chosen_by_name_and_booleans_keep_their_meaning():
     assert isinstance(preconditioned(net, schedule, True), SkipPreconditioned)
     assert isinstance(preconditioned(net, schedule, "unit"), SkipPreconditioned)
     assert isinstance(preconditioned(net, schedule, "gaussian"), GaussianPreconditioned)
+    assert isinstance(preconditioned(net, schedule, "gaussian-node"), StandardizedGaussianPreconditioned)
     assert preconditioned(net, schedule, False) is net and preconditioned(net, schedule, "none") is net
     with pytest.raises(ValueError, match="precondition must be one of"):
         preconditioned(net, schedule, "gauss")
+
+
+def test_a_standardised_skip_loads_its_standardisation_and_gaussian_from_a_state_dict():
+    """An unfitted gaussian-node module takes both the Gaussian of z and the per-node map
+    from a state dict (the order of the two inside the load must not reset the map)."""
+    schedule = CosineSchedule(1e-3)
+    power, mean = _gaussian(field_mean=True)
+    fitted = StandardizedGaussianPreconditioned(UNet(2, widths=[8, 16], blocks_per_level=1), schedule)
+    fitted.set_standardization(torch.randn(2, 8, 12), torch.rand(2, 8, 12) + 0.1)
+    fitted.set_gaussian(power, mean)
+    fresh = StandardizedGaussianPreconditioned(UNet(2, widths=[8, 16], blocks_per_level=1), schedule)
+    with pytest.raises(RuntimeError, match="no standardisation yet"):
+        fresh.standardization
+    fresh.load_state_dict(fitted.state_dict())
+    assert fresh.fitted
+    torch.testing.assert_close(fresh.standardization.scale, fitted.node_scale)
+    x_t, t = torch.randn(2, 2, 8, 12), torch.tensor([0.3, 0.8])
+    torch.testing.assert_close(fresh(x_t, t), fitted(x_t, t))
+    with pytest.raises(RuntimeError, match="scale finite and > 0"):
+        fresh.load_state_dict(dict(fitted.state_dict(), node_scale=torch.zeros(2, 8, 12)))

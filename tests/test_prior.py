@@ -137,6 +137,23 @@ def test_validation_loss_uses_the_averaged_net_and_a_fixed_generator():
     assert online.item() != first.item()
 
 
+def test_a_standardised_prior_takes_its_loss_on_z():
+    """precondition "gaussian-node": training and held-out losses are the epsilon loss of
+    z = (x - m) / s (the diffusion runs on z), not of x."""
+    torch.manual_seed(0)
+    module = ScorePrior(Tiny(), CosineSchedule(), precondition="gaussian-node")
+    batch = batches(1, seed=3)[0]
+    shape = tuple(batch["x"].shape[1:])
+    m, s = torch.randn(shape), torch.rand(shape) + 0.5
+    for net in (module.online, module.net):
+        net.set_standardization(m, s)
+        net.set_gaussian(torch.ones(shape), torch.zeros(shape))
+    loss, _ = module.held_out_loss(batch, 7)
+    on_z = epsilon_loss(module.net, (batch["x"] - m) / s, module.schedule, generator=torch.Generator().manual_seed(VAL_SEED + 7))
+    on_x = epsilon_loss(module.net, batch["x"], module.schedule, generator=torch.Generator().manual_seed(VAL_SEED + 7))
+    assert loss.item() == on_z.item() != on_x.item()
+
+
 class Data:
     channels, cond_channels, window = 4, 0, 2
 

@@ -49,6 +49,15 @@ residual variance :math:`\mu^2 P/(\mu^2 P + \sigma^2)` is at most
 :math:`\mu^2/(\mu^2 + \sigma^2)` (Jensen), so the target of :math:`F` has at most unit
 variance per value under the Gaussian model, as before.
 
+**Standardised coordinates.** A stationary covariance gives every node the same
+variance, and the cylinder's steady inflow is not like its wake.
+:class:`StandardizedGaussianPreconditioned` (``precondition: gaussian-node``) runs the
+diffusion on :math:`z = S^{-1}(x - m)`, every node standardised by its own mean and std
+over the training windows (:mod:`ldiff.diffusion.latent`), with the Gaussian skip term
+fitted to :math:`z`: :math:`F = 0` is then the Gaussian :math:`x = m + S z` with
+:math:`z` stationary, which has the data's variance at every node. Callers map
+observations to :math:`z` and samples back (:func:`standardization`).
+
 References:
     Karras, Aittala, Aila & Laine, "Elucidating the Design Space of Diffusion-Based
     Generative Models", NeurIPS 2022, arXiv:2206.00364 (preconditioning).
@@ -59,6 +68,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ldiff.diffusion.latent import Standardization
 from ldiff.diffusion.schedules import Schedule
 from ldiff.nets.gaussian import check_gaussian, gaussian_epsilon
 
@@ -163,13 +173,77 @@ class GaussianPreconditioned(_Wrapper):
         return skip + (mu / (mu**2 + sigma**2).sqrt()) * self.net(x_t, t, cond)
 
 
-PRECONDITIONINGS = ("unit", "gaussian", "none")
+class StandardizedGaussianPreconditioned(GaussianPreconditioned):
+    r""":class:`GaussianPreconditioned` on standardised coordinates
+    :math:`z = S^{-1}(x - m)` (:mod:`ldiff.diffusion.latent`): the network, the skip
+    term's Gaussian and the diffusion all act on :math:`z`; ``standardization`` maps
+    fields and observations to :math:`z` and samples back to :math:`x`.
+
+    Buffers, besides the Gaussian's ``power`` and ``mean`` (of :math:`z`): ``node_mean``
+    (:math:`m`) and ``node_scale`` (:math:`s`), both (C, H, W), sized and loaded like the
+    Gaussian's; ``fitted`` once both are set.
+    """
+
+    def __init__(self, net: nn.Module, schedule: Schedule):
+        super().__init__(net, schedule)
+        self.register_buffer("node_mean", torch.zeros(0))
+        self.register_buffer("node_scale", torch.zeros(0))
+        self._standardized = False
+
+    @property
+    def fitted(self) -> bool:
+        return self._fitted and self._standardized
+
+    def size_gaussian(self, shape: tuple[int, int, int]) -> None:
+        """Also size the standardisation's buffers, unless they already have ``shape``
+        (a standardisation set before the Gaussian stays)."""
+        super().size_gaussian(shape)
+        if tuple(self.node_mean.shape) != tuple(shape):
+            self.node_mean = torch.zeros(shape, device=self.power.device, dtype=self.power.dtype)
+            self.node_scale = torch.ones(shape, device=self.power.device, dtype=self.power.dtype)
+            self._standardized = False
+
+    def set_standardization(self, mean: Tensor, scale: Tensor) -> None:
+        """Use :math:`x = m + s z` with ``mean`` :math:`m` and ``scale`` :math:`s`, both
+        (C, H, W), written in place (see :meth:`size_gaussian`)."""
+        check = Standardization(mean, scale)  # refuses bad values
+        if self.node_mean.shape != mean.shape:
+            self.node_mean = torch.zeros(mean.shape, device=self.power.device, dtype=self.power.dtype)
+            self.node_scale = torch.ones(mean.shape, device=self.power.device, dtype=self.power.dtype)
+        with torch.no_grad():
+            self.node_mean.copy_(check.mean.detach())
+            self.node_scale.copy_(check.scale.detach())
+        self._standardized = True
+
+    @property
+    def standardization(self) -> Standardization:
+        if not self._standardized:
+            raise RuntimeError("StandardizedGaussianPreconditioned: no standardisation yet (ScorePrior fits it when fit starts)")
+        return Standardization(self.node_mean, self.node_scale)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        mean, scale = state_dict.get(prefix + "node_mean"), state_dict.get(prefix + "node_scale")
+        if mean is not None and scale is not None and mean.numel():
+            try:
+                self.set_standardization(mean, scale)
+            except ValueError as error:
+                error_msgs.append(f"{prefix}node_mean / {prefix}node_scale: {error}")
+
+
+def standardization(model: nn.Module) -> Standardization | None:
+    """The map to the coordinates ``model`` runs on, or None when they are the fields' own."""
+    return model.standardization if isinstance(model, StandardizedGaussianPreconditioned) else None
+
+
+PRECONDITIONINGS = ("unit", "gaussian", "gaussian-node", "none")
 """Values of ``ScorePrior(precondition=...)``; ``True`` and ``False`` mean ``unit`` and ``none``."""
 
 
 def preconditioned(net: nn.Module, schedule: Schedule, kind: bool | str) -> nn.Module:
     """``net`` wrapped as ``kind`` says: ``"unit"`` (or ``True``) in
     :class:`SkipPreconditioned`, ``"gaussian"`` in :class:`GaussianPreconditioned`
+    (unfitted), ``"gaussian-node"`` in :class:`StandardizedGaussianPreconditioned`
     (unfitted), ``"none"`` (or ``False``) as it is."""
     kind = {True: "unit", False: "none"}.get(kind, kind) if isinstance(kind, bool) else kind
     if kind not in PRECONDITIONINGS:
@@ -178,4 +252,6 @@ def preconditioned(net: nn.Module, schedule: Schedule, kind: bool | str) -> nn.M
         return SkipPreconditioned(net, schedule)
     if kind == "gaussian":
         return GaussianPreconditioned(net, schedule)
+    if kind == "gaussian-node":
+        return StandardizedGaussianPreconditioned(net, schedule)
     return net

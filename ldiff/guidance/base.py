@@ -47,16 +47,26 @@ class Observation:
         op: the linear operator ``A``.
         std: noise std in normalised units (float or broadcastable against ``y``).
         field_shape: (C, H, W) of the fields observed.
+        scale: the size of one unit of ``y`` in normalised units (float or broadcastable
+            against ``y``): 1 when the prior runs on the fields themselves, :math:`A s`
+            for a prior on standardised coordinates (:mod:`ldiff.diffusion.latent`),
+            whose ``y`` and ``std`` are those of :math:`z`. Strategies with a noise std
+            stated absolutely (``std_ref``, ``std_floor``) apply it in normalised units
+            and divide by ``scale``.
     """
 
     y: Tensor
     op: Operator
     std: float | Tensor
     field_shape: Sequence[int]
+    scale: float | Tensor = 1.0
 
     def __post_init__(self) -> None:
         self.field_shape = tuple(self.field_shape)
         check_std(self.std)
+        scale = torch.as_tensor(self.scale)
+        if not (torch.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError("observation scale must be finite and > 0")
         self.op.check(self.field_shape)
         expected = tuple(self.op(torch.empty((1, *self.field_shape), device="meta")).shape[1:])
         if tuple(self.y.shape[1:]) != expected:
@@ -76,10 +86,11 @@ class Observation:
 
     def repeat(self, k: int) -> "Observation":
         """The same problem with every observation set repeated ``k`` times (K samples each)."""
-        std = self.std
-        if isinstance(std, Tensor) and std.dim() == self.y.dim():
-            std = std.repeat_interleave(k, dim=0)
-        return Observation(self.y.repeat_interleave(k, dim=0), self.op, std, self.field_shape)
+        def repeated(value: float | Tensor) -> float | Tensor:  # per observation set: repeat; else it broadcasts
+            per_set = isinstance(value, Tensor) and value.dim() == self.y.dim() and value.shape[0] == self.y.shape[0]
+            return value.repeat_interleave(k, dim=0) if per_set else value
+
+        return Observation(self.y.repeat_interleave(k, dim=0), self.op, repeated(self.std), self.field_shape, repeated(self.scale))
 
 
 class Diagnostics:
@@ -215,7 +226,16 @@ def sda_score(denoiser: Denoiser, x_t: Tensor, t: Tensor, obs: Observation, var:
 
 
 class Strategy:
-    """Base class of every guidance strategy."""
+    """Base class of every guidance strategy.
+
+    ``prior_coordinates``: whether the strategy runs in the coordinates of the diffusion
+    prior (standardised for a ``gaussian-node`` prior, :mod:`ldiff.diffusion.latent`):
+    the caller then hands it observations of those coordinates and decodes its samples.
+    True for every strategy that samples the prior; the analytic baseline says which its
+    own Gaussian is in.
+    """
+
+    prior_coordinates: bool = True
 
     def reconstruct(
         self,

@@ -30,14 +30,19 @@ class ExactGaussian(Strategy):
         maxiter: conjugate-gradient iterations, preconditioned for strided observations
             (:func:`~ldiff.nets.gaussian.subsample_preconditioner`: without it, CG on
             the cylinder window at sub 2 stopped at relative residual 0.25 after 200).
+        prior_coordinates: ``prior`` is a Gaussian of the diffusion prior's coordinates
+            (the skip term of a ``gaussian-node`` prior, on :math:`z`), so the caller
+            observes and decodes as for a diffusion strategy: the exact posterior of the
+            Gaussian :math:`x = m + S z`. False: a Gaussian of the fields themselves.
     """
 
     name = "exact-gaussian"
 
-    def __init__(self, prior: GaussianPrior, sample: bool = False, maxiter: int = 200):
+    def __init__(self, prior: GaussianPrior, sample: bool = False, maxiter: int = 200, prior_coordinates: bool = False):
         self.prior = prior
         self.sample = sample
         self.maxiter = maxiter
+        self.prior_coordinates = prior_coordinates
 
     def reconstruct(self, denoiser, obs, x1, sampler, generator=None, callback=None, diagnostics=None):
         prior = self.prior.to(x1.device)
@@ -47,4 +52,4 @@ class ExactGaussian(Strategy):
         return prior.posterior_mean(obs.y, obs.op, obs.std, self.maxiter, precondition)
 
     def __repr__(self) -> str:
-        return f"ExactGaussian(sample={self.sample}, maxiter={self.maxiter})"
+        return f"ExactGaussian(sample={self.sample}, maxiter={self.maxiter}, prior_coordinates={self.prior_coordinates})"

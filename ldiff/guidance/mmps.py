@@ -88,8 +88,9 @@ class MMPS(ScoreGuidance):
         known_above: use the known covariance where :math:`\sigma/\mu` exceeds this
             (``inf``: never; measure it with ``ldiff quality --jacobian``).
         covariance: the prior's stationary Gaussian fit, a :class:`GaussianPrior` or the
-            path of its file (:meth:`GaussianPrior.save`, normalised units); None: the
-            isotropic unit-variance model.
+            path of its file (:meth:`GaussianPrior.save`, normalised units); ``"prior"``:
+            the Gaussian of the prior's own skip term (a ``gaussian`` or ``gaussian-node``
+            prior, in the coordinates it runs on); None: the isotropic unit-variance model.
         known_maxiter: CG iterations with the Gaussian fit's covariance.
     """
 
@@ -111,6 +112,8 @@ class MMPS(ScoreGuidance):
         self.known_above = float(known_above)
         if isinstance(covariance, GaussianPrior):
             self.covariance, self._power = "GaussianPrior", covariance.power.detach()
+        elif covariance == "prior":
+            self.covariance, self._power = "prior", None  # read from the denoiser's model
         elif covariance is not None:
             self.covariance, self._power = str(covariance), load_state(covariance)[0].float()
         else:
@@ -124,12 +127,12 @@ class MMPS(ScoreGuidance):
         if bool(known.all()):
             with torch.no_grad():
                 eps_hat, x_hat = denoiser(x_t, t)
-            correction, iterations = self._known(obs, x_hat, mu, sigma, noise_var)
+            correction, iterations = self._known(denoiser, obs, x_hat, mu, sigma, noise_var)
             truncated = torch.zeros_like(known)
         else:
             eps_hat, x_hat, correction, iterations, truncated = self._network(denoiser, x_t, t, obs, mu, sigma, noise_var)
             if bool(known.any()):
-                known_correction, known_iterations = self._known(obs, x_hat, mu, sigma, noise_var)
+                known_correction, known_iterations = self._known(denoiser, obs, x_hat, mu, sigma, noise_var)
                 mask = known.view(-1, *(1,) * (x_t.dim() - 1))
                 correction = torch.where(mask, known_correction, correction)
                 iterations = torch.where(known, known_iterations, iterations)
@@ -157,16 +160,26 @@ class MMPS(ScoreGuidance):
         correction = sigma * jacobian_t(obs.op.adjoint(solve.x, obs.field_shape), keep=False)
         return eps_hat.detach(), x_hat.detach(), correction, solve.iterations, solve.truncated
 
-    def _known(self, obs, x_hat, mu, sigma, noise_var):
+    def _prior_power(self, denoiser) -> Tensor | None:
+        """The stationary power of the known covariance, None for the isotropic model."""
+        if self.covariance != "prior":
+            return self._power
+        power = getattr(denoiser.model, "power", None)
+        if power is None or power.dim() != 3 or not getattr(denoiser.model, "fitted", True):
+            raise ValueError(f"MMPS: covariance 'prior' needs a prior with a fitted Gaussian skip term (precondition gaussian or gaussian-node), not a {type(denoiser.model).__name__}")
+        return power
+
+    def _known(self, denoiser, obs, x_hat, mu, sigma, noise_var):
         """The known covariance (Gaussian fit or isotropic); ``(sigma g, iterations)``."""
         residual = obs.y - obs.op(x_hat.detach())
-        if self._power is None:
+        power = self._prior_power(denoiser)
+        if power is None:
             var = sigma**2 / (mu**2 + sigma**2)
             w = residual / (noise_var + obs.op.aat * var.reshape(-1, *(1,) * (residual.dim() - 1)))
             field = var * obs.op.adjoint(w, obs.field_shape)
             iterations = torch.zeros(residual.shape[0], dtype=torch.long, device=residual.device)
         else:
-            power = self._power.to(residual.device)
+            power = power.to(residual.device)
             if tuple(power.shape) != tuple(obs.field_shape):
                 raise ValueError(f"MMPS: covariance {self.covariance} is for fields {tuple(power.shape)}, not {tuple(obs.field_shape)}")
 

@@ -96,9 +96,9 @@ class DualScaled(DPSSum):
     def noise(self, obs: Observation) -> tuple[float | Tensor, float]:
         """The effective ``(std, gamma)`` for the observations' count ``N = obs.n_obs``."""
         r = obs.n_obs / self.n_ref
-        std = obs.std if self.std_ref is None else self.std_ref
+        std = obs.std * obs.scale if self.std_ref is None else self.std_ref  # normalised units
         return (
-            _power_rule(std, r, self.std_exponent, self.std_floor),
+            _power_rule(std, r, self.std_exponent, self.std_floor) / obs.scale,
             _power_rule(self.gamma, r, self.gamma_exponent, self.gamma_floor),
         )
 

@@ -6,7 +6,11 @@ For each batch of true windows (or of given observations) the module
    with noise seeded per item (``seed``, item index), so the problem an item poses does
    not depend on batching or on the number of devices;
 2. draws ``samples`` (K) posterior samples per observation set with the configured
-   guidance ``strategy`` and the prior's :class:`~ldiff.diffusion.denoise.Denoiser`;
+   guidance ``strategy`` and the prior's :class:`~ldiff.diffusion.denoise.Denoiser`
+   (for a prior on standardised coordinates :math:`z = S^{-1}(x - m)`, the strategy
+   gets the observations of :math:`z`, ``(y - A m) / (A s)`` with noise std
+   ``std / (A s)``, and its samples are decoded to :math:`m + S z`:
+   :mod:`ldiff.diffusion.latent`);
 3. guards the sampler: a sample whose state becomes non-finite or leaves
    ``diverge_factor * data_range`` (normalised units) is frozen at its last sane state
    and labelled ``diverged``; the others continue untouched;
@@ -46,6 +50,7 @@ from torch import Tensor, nn
 import ldiff
 from ldiff.diffusion.denoise import Denoiser
 from ldiff.diffusion.noise import ItemNoise
+from ldiff.diffusion.precond import standardization
 from ldiff.diffusion.sampler import PredictorCorrector
 from ldiff.diffusion.schedules import Schedule
 from ldiff.evaluate import DiagnosticSeries, ReconstructionMetrics
@@ -75,10 +80,14 @@ GAUSSIAN_FILE = "gaussian.pt"
 """The prior's stationary Gaussian fit (``ldiff baseline``), shipped beside its checkpoint."""
 
 
-def default_strategy(checkpoint: str | None = None) -> MMPS:
+def default_strategy(checkpoint: str | None = None, prior: nn.Module | None = None) -> MMPS:
     """ldiff's default: :class:`~ldiff.guidance.mmps.MMPS` with its default setting, and as
-    its known covariance the Gaussian fit shipped beside ``checkpoint``
+    its known covariance the prior's own skip-term Gaussian for a prior on standardised
+    coordinates (``covariance="prior"``: a Gaussian fit of the fields is in the wrong
+    coordinates for it), else the Gaussian fit shipped beside ``checkpoint``
     (:data:`GAUSSIAN_FILE`) if that file exists, else the isotropic model."""
+    if prior is not None and standardization(prior) is not None:
+        return MMPS(covariance="prior")
     if checkpoint is not None:
         gaussian = Path(checkpoint).with_name(GAUSSIAN_FILE)
         if gaussian.is_file():
@@ -111,7 +120,8 @@ class InferenceModule(L.LightningModule):
         strategy: the guidance strategy (``class_path`` in YAML); by default ldiff's
             recommendation for any observation density, :func:`default_strategy`:
             ``mmps`` with the prior's own Gaussian fit (``gaussian.pt`` beside
-            ``checkpoint``, when there is one) as the covariance at large sigma/mu
+            ``checkpoint``, when there is one; the skip term's Gaussian for a
+            ``gaussian-node`` prior) as the covariance at large sigma/mu
             (measured in the README's results from N = 32 to N = 640,000).
         operator: the observation operator ``A`` (``class_path`` in YAML).
         std: observation noise std in normalised units.
@@ -149,6 +159,7 @@ class InferenceModule(L.LightningModule):
             raise ValueError("InferenceModule: an observation operator is required (model.operator)")
         if samples < 1:
             raise ValueError(f"InferenceModule: samples must be >= 1, got {samples}")
+        self._default_strategy = strategy is None  # chosen again once the prior is known
         self.strategy = default_strategy(checkpoint) if strategy is None else strategy
         self.operator = operator
         self.std = float(std)
@@ -186,6 +197,8 @@ class InferenceModule(L.LightningModule):
         return module
 
     def _use_prior(self, model: nn.Module, schedule: Schedule, normalizer: dict[str, Tensor] | None) -> None:
+        if self._default_strategy:
+            self.strategy = default_strategy(self.checkpoint, model)
         self.prior = model.eval().requires_grad_(False)
         self.schedule = schedule
         self.normalizer_state = normalizer
@@ -359,6 +372,10 @@ class InferenceModule(L.LightningModule):
         guard = DivergenceGuard(b * k, self.diverge_factor * self.data_range, device)
         diagnostics = Diagnostics()
         noise = ItemNoise([item_generator(self.seed, int(i), 2, device) for i in index.tolist()], k)
+        latent = standardization(self.prior) if self.strategy.prior_coordinates else None
+        if latent is not None:  # the prior runs on z = (x - m) / s: observe z instead
+            y_z, std_z, scale = latent.observe(y, self.operator, self.std, field_shape)
+            obs = Observation(y_z, self.operator, std_z, field_shape, scale)
         with _StepProgress(self, batch_idx) as progress:
             recon = self.strategy.reconstruct(
                 denoiser,
@@ -369,6 +386,8 @@ class InferenceModule(L.LightningModule):
                 callback=progress.wrap(guard),
                 diagnostics=diagnostics,
             ).detach()
+        if latent is not None:
+            recon = latent.decode(recon)
         reference = spatial_std(truth).repeat_interleave(k) if truth is not None else torch.ones(b * k, device=device)
         labels = regime(recon, reference, self.data_range, self.flat_fraction, self.diverge_factor)
         labels = torch.where(guard.frozen, torch.full_like(labels, DIVERGED), labels)

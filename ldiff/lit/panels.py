@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from ldiff.diffusion.denoise import Denoiser
+from ldiff.diffusion.precond import standardization
 from ldiff.diffusion.sampler import PredictorCorrector
 from ldiff.physics import vorticity
 
@@ -64,7 +65,8 @@ class SamplePanel(Callback):
         cond = None if datamodule.cond is None else datamodule.cond.to(device).expand(self.samples, *datamodule.cond.shape)
         denoiser = Denoiser(pl_module.net, pl_module.schedule, cond)
         x = PredictorCorrector(pl_module.schedule, self.steps).sample(denoiser.eps, x1)
-        return datamodule.normalizer.denormalize(x.cpu())
+        latent = standardization(pl_module.net)
+        return datamodule.normalizer.denormalize((x if latent is None else latent.decode(x)).cpu())
 
     def figure(self, pl_module, datamodule, epoch: int):
         import matplotlib

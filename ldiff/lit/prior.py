@@ -64,7 +64,8 @@ from torch import Tensor, nn
 
 from ldiff.diffusion.denoise import LOSS_WEIGHTINGS, LossWeighting, epsilon_errors, epsilon_loss, loss_weight
 from ldiff.diffusion.noise import keyed_generator
-from ldiff.diffusion.precond import GaussianPreconditioned, preconditioned
+from ldiff.diffusion.latent import node_moments, node_sums
+from ldiff.diffusion.precond import GaussianPreconditioned, StandardizedGaussianPreconditioned, preconditioned, standardization
 from ldiff.diffusion.schedules import CosineSchedule, Schedule
 from ldiff.lit.ema import averaged_copy, check_decay, update_average
 from ldiff.nets.gaussian import moment_sums, moments_from_sums
@@ -103,7 +104,11 @@ class ScorePrior(L.LightningModule):
             :class:`~ldiff.diffusion.precond.SkipPreconditioned`, ``"gaussian"`` in
             :class:`~ldiff.diffusion.precond.GaussianPreconditioned`, whose Gaussian is
             fitted to every training window when ``fit`` starts (a resumed run then
-            loads the checkpoint's copy over it), ``"none"`` (or ``False``) trains ``net`` as it is.
+            loads the checkpoint's copy over it), ``"gaussian-node"`` in
+            :class:`~ldiff.diffusion.precond.StandardizedGaussianPreconditioned`, which
+            first fits the mean and std of every node and then the Gaussian of the
+            standardised windows (:mod:`ldiff.diffusion.latent`; the loss is taken on
+            :math:`z`), ``"none"`` (or ``False``) trains ``net`` as it is.
             Recorded in the checkpoint; :func:`~ldiff.lit.checkpoint.load_prior`
             rebuilds the same model.
         loss_weighting: ``"epsilon"`` or ``"edm"`` (see the module docstring).
@@ -120,7 +125,7 @@ class ScorePrior(L.LightningModule):
         weight_decay: float = 1e-3,
         lr_schedule: LRSchedule = "cosine",
         ema_decay: float = 0.999,
-        precondition: bool | Literal["unit", "gaussian", "none"] = True,
+        precondition: bool | Literal["unit", "gaussian", "gaussian-node", "none"] = True,
         loss_weighting: LossWeighting = "epsilon",
     ):
         super().__init__()
@@ -165,18 +170,34 @@ class ScorePrior(L.LightningModule):
         covariance) to every training window (the data module's ``training_windows()``,
         streamed in chunks), in the normalised units the network sees. Under DDP each rank sums its shard of the
         windows (:func:`~ldiff.nets.gaussian.moment_sums`) and the sums are all-reduced,
-        so every rank holds the fit of all of them, computed once."""
-        rank, replicas = self.global_rank, self.trainer.world_size
+        so every rank holds the fit of all of them, computed once. For
+        ``precondition="gaussian-node"`` a first such pass fits every node's mean and
+        std (:func:`~ldiff.diffusion.latent.node_sums`) and the Gaussian is then fitted
+        to the standardised windows."""
         shape = tuple(self.online.power.shape)
-        square, total, count = moment_sums(self._training_windows(rank=rank, replicas=replicas), shape=shape)
-        if replicas > 1:
-            reduce = self.trainer.strategy.reduce
-            square, total = (reduce(t.to(self.device), reduce_op="sum").cpu() for t in (square, total))
-            count = int(reduce(torch.tensor(float(count), dtype=torch.float64, device=self.device), reduce_op="sum").item())
+        if isinstance(self.online, StandardizedGaussianPreconditioned):
+            node_mean, node_scale = node_moments(*self._all_reduced(node_sums, shape))
+            for module in (self.online, self.net):
+                module.set_standardization(node_mean, node_scale)
+        square, total, count = self._all_reduced(moment_sums, shape, self._coordinates)
         power, mean = moments_from_sums(square, total, count)
         for module in (self.online, self.net):
             module.set_gaussian(power, mean)
         rank_zero_info(f"ScorePrior: Gaussian skip term fitted to the {count:,} training windows ({tuple(power.shape)})")
+
+    def _all_reduced(self, sums, shape: tuple[int, int, int], transform=None) -> tuple[Tensor, Tensor, int]:
+        """``sums(chunks, shape=shape)`` (two float64 tensors and a count) of this rank's
+        shard of the training windows, each chunk mapped by ``transform`` if given, summed
+        over every rank."""
+        rank, replicas = self.global_rank, self.trainer.world_size
+        chunks = self._training_windows(rank=rank, replicas=replicas)
+        chunks = chunks if transform is None else map(transform, chunks)
+        first, second, count = sums(chunks, shape=shape)
+        if replicas > 1:
+            reduce = self.trainer.strategy.reduce
+            first, second = (reduce(t.to(self.device), reduce_op="sum").cpu() for t in (first, second))
+            count = int(reduce(torch.tensor(float(count), dtype=torch.float64, device=self.device), reduce_op="sum").item())
+        return first, second, count
 
     def on_fit_start(self) -> None:
         if isinstance(self.online, GaussianPreconditioned) and not self.online.fitted:
@@ -196,7 +217,7 @@ class ScorePrior(L.LightningModule):
             self._resumed_rng = None
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        x = batch["x"]
+        x = self._coordinates(batch["x"])
         generator = keyed_generator(self.run_seed, self.current_epoch, batch_idx, self.global_rank, device=x.device)
         loss = epsilon_loss(self.online, x, self.schedule, batch.get("cond"), generator, weighting=self.loss_weighting)
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
@@ -220,10 +241,16 @@ class ScorePrior(L.LightningModule):
         """The averaged network's loss, weighted as in training and unweighted, with ``t``
         and ``eps`` drawn from a generator seeded ``VAL_SEED + batch_idx``: a function of
         the weights and the batch only."""
-        x = batch["x"]
+        x = self._coordinates(batch["x"])
         generator = torch.Generator(device=x.device).manual_seed(VAL_SEED + batch_idx)
         t, err = epsilon_errors(self.net, x, self.schedule, batch.get("cond"), generator=generator)
         return (loss_weight(self.loss_weighting, self.schedule, t) * err).mean(), err.mean()
+
+    def _coordinates(self, x: Tensor) -> Tensor:
+        """Fields ``x`` (B, C, H, W) in the coordinates the network runs on (standardised
+        for ``precondition="gaussian-node"``, else as they are)."""
+        latent = standardization(self.online)
+        return x if latent is None else latent.encode(x)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)

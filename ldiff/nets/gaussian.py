@@ -140,21 +140,31 @@ def moment_sums(chunks: Iterable[Tensor], shape: tuple[int, int, int] | None = N
     :math:`(\sum_n |F x_n|^2` (C, H, W), :math:`\sum_n x_n` (C, H, W), ``n``). Sums of
     disjoint shards add up (a DDP all-reduce) to the sums of the whole; a shard with no
     fields gives zero sums of ``shape`` (C, H, W) when it is given."""
-    count, square, total = 0, None, None
+    return chunk_sums(chunks, lambda x: _fft(x).abs().square(), lambda x: x, shape, "fit_moments")
+
+
+def chunk_sums(
+    chunks: Iterable[Tensor], first: Callable[[Tensor], Tensor], second: Callable[[Tensor], Tensor],
+    shape: tuple[int, int, int] | None, where: str,
+) -> tuple[Tensor, Tensor, int]:
+    """``(sum_n first(x_n), sum_n second(x_n), n)`` over the fields of ``chunks`` (each
+    (n, C, H, W), finite), in float64, one chunk at a time; zeros of ``shape`` and 0 for
+    no fields when ``shape`` is given. Errors name ``where``."""
+    count, sums = 0, None
     for part in chunks:
         if part.dim() != 4:
-            raise ValueError(f"fit_moments: need fields of shape (n, C, H, W), got {tuple(part.shape)}")
+            raise ValueError(f"{where}: need fields of shape (n, C, H, W), got {tuple(part.shape)}")
         if not torch.isfinite(part).all():
-            raise ValueError("fit_moments: training fields hold NaN or Inf")
+            raise ValueError(f"{where}: training fields hold NaN or Inf")
         part = part.double()
-        part_square, part_total = _fft(part).abs().square().sum(dim=0), part.sum(dim=0)
-        square, total = (part_square, part_total) if square is None else (square + part_square, total + part_total)
+        terms = (first(part).sum(dim=0), second(part).sum(dim=0))
+        sums = terms if sums is None else (sums[0] + terms[0], sums[1] + terms[1])
         count += part.shape[0]
-    if square is None:
+    if sums is None:
         if shape is None:
-            raise ValueError("fit_moments: need at least 2 fields, got 0")
+            raise ValueError(f"{where}: need at least 2 fields, got 0")
         return torch.zeros(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64), 0
-    return square, total, count
+    return sums[0], sums[1], count
 
 
 def moments_from_sums(square: Tensor, total: Tensor, count: int, floor: float = 1e-6) -> tuple[Tensor, Tensor]:

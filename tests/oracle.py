@@ -110,7 +110,7 @@ def residual_rms(x: Tensor, obs: Observation) -> Tensor:
     return (obs.y - obs.op(x)).flatten(1).square().mean(dim=1).sqrt()
 
 
-def dense_conditional_mean(prior: GaussianPrior, x_t: Tensor, t: float, y: Tensor, op: Operator, std: float) -> Tensor:
+def dense_conditional_mean(prior: GaussianPrior, x_t: Tensor, t: float, y: Tensor, op: Operator, std: float | Tensor) -> Tensor:
     r""":math:`\mathbb{E}[x \mid x_t, y]` by dense Gaussian conditioning, in float64.
 
     The stacked observation :math:`z = (x_t, y) = H x + \text{noise}` with
@@ -120,6 +120,7 @@ def dense_conditional_mean(prior: GaussianPrior, x_t: Tensor, t: float, y: Tenso
 
     Args:
         x_t: noisy states, shape (B, C, H, W); y: observations, shape (B, *obs_shape).
+        std: one noise std, or one per observation (obs_shape), the same for every set.
     """
     field = tuple(prior.power.shape)
     d = prior.power.numel()
@@ -130,7 +131,8 @@ def dense_conditional_mean(prior: GaussianPrior, x_t: Tensor, t: float, y: Tenso
     mu = float(prior.schedule.mu(t))
     sigma = float(prior.schedule.sigma(t))
     h = torch.cat([mu * torch.eye(d, dtype=torch.float64), a])
-    noise = torch.cat([torch.full((d,), sigma**2), torch.full((a.shape[0],), std**2)]).double()
+    obs_var = (torch.as_tensor(std, dtype=torch.float64) * torch.ones(y.shape[1:], dtype=torch.float64)).flatten() ** 2
+    noise = torch.cat([torch.full((d,), sigma**2, dtype=torch.float64), obs_var])
     m = prior.mean[:, None, None].expand(field).reshape(d)
     z = torch.cat([x_t.double().flatten(1), y.double().flatten(1)], dim=1)
     gain = torch.linalg.solve(h @ sigma_x @ h.T + torch.diag(noise), (z - h @ m).T)

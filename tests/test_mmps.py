@@ -75,6 +75,34 @@ def test_guided_estimate_is_the_exact_conditional_mean(t, regime):
     assert (stacked["cg_truncated"] == 0).all()
 
 
+@pytest.mark.parametrize("t, network_bound, known_bound", [(0.3, 0.01, 1e-5), (0.6, 0.02, 1e-5), (0.9, None, 0.01)])
+def test_a_std_per_observation_is_solved_in_a_few_iterations(t, network_bound, known_bound):
+    """Observations of standardised coordinates carry a std per observation spanning
+    orders of magnitude (0.035 to 13 on the cylinder). CG preconditioned by the diagonal
+    of s^2 I + A V A^T reaches E[x | x_t, y] in mmps's default 3 iterations (network) and
+    10 (known covariance); measured without the preconditioner: 0.09 / 0.32 and 0.07 /
+    0.12 / 0.27 relative error at t = 0.3 / 0.6 / 0.9, with it 0.003 / 0.008 and < 1e-6 /
+    1e-6 / 0.002 (std log-spaced over 1e-2 .. 10 here)."""
+    pb = problem(stride=4, batch=2)
+    prior, op = pb.prior.double(), pb.obs.op
+    clean = op(pb.truth.double())
+    generator = torch.Generator().manual_seed(5)
+    n = clean[0].numel()
+    std = torch.logspace(-2, 1, n, dtype=torch.float64)[torch.randperm(n, generator=generator)].reshape(clean.shape[1:])
+    y = clean + std * torch.randn(clean.shape, generator=generator, dtype=torch.float64)
+    obs = Observation(y, op, std.expand_as(y), FIELD_SHAPE)
+    tt = torch.full((2,), t, dtype=torch.float64)
+    x_t = prior.schedule.perturb(pb.truth.double(), tt, torch.randn((2, *FIELD_SHAPE), generator=generator, dtype=torch.float64))
+    exact = dense_conditional_mean(prior, x_t, t, y, op, std)
+    strategies = {"known": (MMPS(known_above=1e-9, covariance=pb.prior), known_bound)}
+    if network_bound is not None:
+        strategies["network"] = (MMPS(known_above=float("inf")), network_bound)
+    for name, (strategy, bound) in strategies.items():
+        eps_tilde = strategy.guided_eps(Denoiser(prior, prior.schedule), x_t, tt, obs, Diagnostics())
+        x_hat = tweedie(x_t, eps_tilde, *prior.schedule.coefficients(tt, x_t))
+        assert relative_rmse(x_hat, exact).max().item() < bound, name
+
+
 def test_isotropic_known_covariance_is_the_unit_gaussian_conditioning():
     """Without a Gaussian fit the known regime uses V = sigma^2/(mu^2 + sigma^2) I, the
     exact covariance under x ~ N(0, I): the guided estimate is then E[x | x_t, y] of the

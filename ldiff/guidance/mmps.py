@@ -46,6 +46,11 @@ is indefinite, and plain CG divides by negative curvature. Two safeguards:
   stops at the first direction whose curvature is at most :math:`s^2 |p|^2`, i.e. where
   :math:`A V A^T` shows non-positive curvature; no step ever divides by it.
 
+Both solves are preconditioned by the diagonal of :math:`s^2 I + A V A^T` (Jacobi): a
+multiple of the identity for one noise std, so the iterates are unchanged there, and
+what keeps 3 iterations enough when the std differs between observations (observations
+of standardised coordinates, :mod:`ldiff.diffusion.latent`).
+
 The threshold is a measurement of the prior, not a constant: ``ldiff quality --jacobian``
 compares the network's Rayleigh quotients :math:`e^T A V A^T e / |e|^2` with the Gaussian
 fit's over t and prints the largest :math:`\sigma/\mu` up to which they agree. With
@@ -156,9 +161,30 @@ class MMPS(ScoreGuidance):
             return noise_var * w + obs.op(sigma**2 / mu * jacobian_t(obs.op.adjoint(w, obs.field_shape)))
 
         floor = noise_var.min() if noise_var.dim() else noise_var
-        solve = truncated_cg(cov_y, obs.y - obs.op(x_hat.detach()), maxiter=self.maxiter, curvature_floor=floor)
+        jacobi = self._jacobi(denoiser, obs, noise_var, mu, sigma)
+        solve = truncated_cg(cov_y, obs.y - obs.op(x_hat.detach()), maxiter=self.maxiter, curvature_floor=floor, precondition=jacobi)
         correction = sigma * jacobian_t(obs.op.adjoint(solve.x, obs.field_shape), keep=False)
         return eps_hat.detach(), x_hat.detach(), correction, solve.iterations, solve.truncated
+
+    def _jacobi(self, denoiser, obs, noise_var, mu, sigma):
+        r"""The Jacobi preconditioner of :math:`s^2 I + A V A^T`: division by
+        :math:`s_j^2 + c\, v`, with :math:`v` the mean variance per value of
+        :math:`\mathbb{V}[x \mid x_t]` under the known Gaussian (the isotropic model's
+        :math:`\sigma^2/(\mu^2 + \sigma^2)` without one) and :math:`A A^T = c I`. With
+        one noise std for every observation it is a multiple of the identity, which
+        leaves CG's iterates as they are; with a std per observation (observations of
+        standardised coordinates span 0.035 to 13 on the cylinder) it evens out the
+        diagonal, without which 3 iterations leave the fit at 4 noise stds."""
+        power = self._prior_power(denoiser)
+        shape = (-1, *(1,) * (obs.y.dim() - 1))
+        s2, m2 = sigma.reshape(-1, 1) ** 2, mu.reshape(-1, 1) ** 2
+        if power is None:
+            var = s2 / (m2 + s2)
+        else:
+            flat = power.to(s2).reshape(1, -1)
+            var = (s2 * flat / (m2 * flat + s2)).mean(dim=1, keepdim=True)
+        diag = noise_var + obs.op.aat * var.reshape(shape)
+        return lambda r: r / diag
 
     def _prior_power(self, denoiser) -> Tensor | None:
         """The stationary power of the known covariance, None for the isotropic model."""
@@ -189,7 +215,8 @@ class MMPS(ScoreGuidance):
             def cov_y(w: Tensor) -> Tensor:
                 return noise_var * w + obs.op(cov(obs.op.adjoint(w, obs.field_shape)))
 
-            solve = truncated_cg(cov_y, residual, maxiter=self.known_maxiter, rtol=1e-6)
+            jacobi = self._jacobi(denoiser, obs, noise_var, mu, sigma)
+            solve = truncated_cg(cov_y, residual, maxiter=self.known_maxiter, rtol=1e-6, precondition=jacobi)
             field, iterations = cov(obs.op.adjoint(solve.x, obs.field_shape)), solve.iterations
         # Tweedie estimate x_hat + V A^T w  <=>  eps_hat - (mu / sigma) V A^T w
         return (mu / sigma) * field, iterations

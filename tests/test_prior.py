@@ -139,7 +139,8 @@ def test_validation_loss_uses_the_averaged_net_and_a_fixed_generator():
 
 def test_a_standardised_prior_takes_its_loss_on_z():
     """precondition "gaussian-node": training and held-out losses are the epsilon loss of
-    z = (x - m) / s (the diffusion runs on z), not of x."""
+    z = (x - m) / s (the diffusion runs on z), each node weighted by s^2 / mean s^2 (the
+    denoising error of x = m + S z), not the loss of x nor the unweighted loss of z."""
     torch.manual_seed(0)
     module = ScorePrior(Tiny(), CosineSchedule(), precondition="gaussian-node")
     batch = batches(1, seed=3)[0]
@@ -149,9 +150,18 @@ def test_a_standardised_prior_takes_its_loss_on_z():
         net.set_standardization(m, s)
         net.set_gaussian(torch.ones(shape), torch.zeros(shape))
     loss, _ = module.held_out_loss(batch, 7)
-    on_z = epsilon_loss(module.net, (batch["x"] - m) / s, module.schedule, generator=torch.Generator().manual_seed(VAL_SEED + 7))
-    on_x = epsilon_loss(module.net, batch["x"], module.schedule, generator=torch.Generator().manual_seed(VAL_SEED + 7))
-    assert loss.item() == on_z.item() != on_x.item()
+
+    def loss_of(x, weight=None):
+        return epsilon_loss(module.net, x, module.schedule, generator=torch.Generator().manual_seed(VAL_SEED + 7), node_weight=weight)
+
+    weight = s.square() / s.square().mean()
+    on_z = loss_of((batch["x"] - m) / s, weight)
+    z, generator = (batch["x"] - m) / s, torch.Generator().manual_seed(VAL_SEED + 7)
+    t, eps = torch.rand(3, generator=generator), torch.randn(z.shape, generator=generator)
+    by_hand = (weight * (module.net(module.schedule.perturb(z, t, eps), t) - eps).square()).mean()
+    assert loss.item() == pytest.approx(on_z.item(), rel=1e-6) == pytest.approx(by_hand.item(), rel=1e-5)
+    assert loss.item() != pytest.approx(loss_of((batch["x"] - m) / s).item(), rel=1e-3)
+    assert loss.item() != pytest.approx(loss_of(batch["x"]).item(), rel=1e-3)
 
 
 class Data:

@@ -75,21 +75,26 @@ def epsilon_errors(
     schedule: Schedule,
     cond: Tensor | None = None,
     generator: torch.Generator | None = None,
+    node_weight: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Draw :math:`t \sim U(0, 1)` and :math:`\varepsilon` per sample and return
-    ``(t, err)``: ``t`` (B,) and the per-sample :math:`\operatorname{mean}(\hat\varepsilon - \varepsilon)^2`, (B,).
+    ``(t, err)``: ``t`` (B,) and the per-sample :math:`\operatorname{mean}\, w (\hat\varepsilon - \varepsilon)^2`, (B,).
 
     Args:
         net: epsilon model, ``net(x_t, t, cond) -> eps_hat``.
-        x: clean fields in normalised units, shape (B, C, H, W).
+        x: clean fields in normalised units (or the prior's coordinates), shape (B, C, H, W).
         schedule: the noise schedule.
         cond: condition channels, shape (B, C_cond, H, W), or None.
         generator: optional RNG for ``t`` and ``eps`` (reproducible losses).
+        node_weight: :math:`w` (C, H, W), or None for 1 (a prior on standardised
+            coordinates :math:`z = S^{-1}(x - m)` weighs by :math:`s^2` so that the loss
+            is the denoising error of :math:`x`, since :math:`x - \hat x = S(z - \hat z)`).
     """
     t = torch.rand(x.shape[0], device=x.device, generator=generator, dtype=x.dtype)
     eps = torch.randn(x.shape, device=x.device, generator=generator, dtype=x.dtype)
     x_t = schedule.perturb(x, t, eps)
-    return t, (net(x_t, t, cond) - eps).square().flatten(1).mean(dim=1)
+    err = (net(x_t, t, cond) - eps).square()
+    return t, (err if node_weight is None else node_weight.to(err) * err).flatten(1).mean(dim=1)
 
 
 def epsilon_loss(
@@ -99,6 +104,7 @@ def epsilon_loss(
     cond: Tensor | None = None,
     generator: torch.Generator | None = None,
     weighting: LossWeighting = "epsilon",
+    node_weight: Tensor | None = None,
 ) -> Tensor:
     r"""The weighted denoising loss :math:`\operatorname{mean}_b \lambda(t_b) \operatorname{mean}(\hat\varepsilon - \varepsilon)^2`
     (arguments as :func:`epsilon_errors`; ``weighting`` one of :data:`LOSS_WEIGHTINGS`).
@@ -106,7 +112,7 @@ def epsilon_loss(
     Returns:
         The scalar loss.
     """
-    t, err = epsilon_errors(net, x, schedule, cond, generator)
+    t, err = epsilon_errors(net, x, schedule, cond, generator, node_weight)
     return (loss_weight(weighting, schedule, t) * err).mean()
 
 

@@ -108,7 +108,8 @@ class ScorePrior(L.LightningModule):
             :class:`~ldiff.diffusion.precond.StandardizedGaussianPreconditioned`, which
             first fits the mean and std of every node and then the Gaussian of the
             standardised windows (:mod:`ldiff.diffusion.latent`; the loss is taken on
-            :math:`z`), ``"none"`` (or ``False``) trains ``net`` as it is.
+            :math:`z`, each node weighted by :math:`s^2`: the fields' denoising error),
+            ``"none"`` (or ``False``) trains ``net`` as it is.
             Recorded in the checkpoint; :func:`~ldiff.lit.checkpoint.load_prior`
             rebuilds the same model.
         loss_weighting: ``"epsilon"`` or ``"edm"`` (see the module docstring).
@@ -219,7 +220,7 @@ class ScorePrior(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         x = self._coordinates(batch["x"])
         generator = keyed_generator(self.run_seed, self.current_epoch, batch_idx, self.global_rank, device=x.device)
-        loss = epsilon_loss(self.online, x, self.schedule, batch.get("cond"), generator, weighting=self.loss_weighting)
+        loss = epsilon_loss(self.online, x, self.schedule, batch.get("cond"), generator, self.loss_weighting, self._node_weight())
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=x.shape[0])
         return loss
@@ -243,8 +244,16 @@ class ScorePrior(L.LightningModule):
         the weights and the batch only."""
         x = self._coordinates(batch["x"])
         generator = torch.Generator(device=x.device).manual_seed(VAL_SEED + batch_idx)
-        t, err = epsilon_errors(self.net, x, self.schedule, batch.get("cond"), generator=generator)
+        t, err = epsilon_errors(self.net, x, self.schedule, batch.get("cond"), generator, self._node_weight())
         return (loss_weight(self.loss_weighting, self.schedule, t) * err).mean(), err.mean()
+
+    def _node_weight(self) -> Tensor | None:
+        """The loss's weight per node: :math:`s^2 / \operatorname{mean} s^2` for a prior on
+        standardised coordinates, so that it trains on the fields' denoising error (the
+        standardisation preconditions the model, it does not re-weight the objective
+        toward the nodes where the fields hardly vary); None otherwise."""
+        latent = standardization(self.online)
+        return None if latent is None else latent.scale.square() / latent.scale.square().mean()
 
     def _coordinates(self, x: Tensor) -> Tensor:
         """Fields ``x`` (B, C, H, W) in the coordinates the network runs on (standardised

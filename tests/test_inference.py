@@ -196,8 +196,10 @@ def test_the_default_strategy_is_mmps_with_the_prior_s_gaussian_fit(tmp_path):
     assert isinstance(module.strategy, MMPS) and module.strategy.covariance is None
     shipped = default_strategy("checkpoints/kolmogorov/prior.ckpt")
     assert shipped.covariance == "checkpoints/kolmogorov/gaussian.pt" and shipped._power.shape == (2, 64, 64)
-    shipped = default_strategy("checkpoints/cylinder-window/prior.ckpt")
+    shipped = default_strategy("checkpoints/cylinder-window/prior.ckpt")  # by path alone: the fit beside it
     assert shipped.covariance == "checkpoints/cylinder-window/gaussian.pt" and shipped._power.shape == (32, 99, 199)
+    cylinder = InferenceModule(operator=Subsample(2), checkpoint="checkpoints/cylinder-window/prior.ckpt")
+    assert cylinder.strategy.covariance == "prior"  # a gaussian-node prior: its own skip term, not the fit of x
     alone = shutil.copy("checkpoints/kolmogorov/prior.ckpt", tmp_path / "prior.ckpt")
     assert default_strategy(str(alone)).covariance is None  # no gaussian.pt beside it
     with pytest.raises(ValueError, match="operator"):

@@ -137,7 +137,7 @@ def run_quality(args: argparse.Namespace) -> None:
 
 def run_jacobian(args: argparse.Namespace, net, schedule, windows: dict) -> None:
     """``ldiff quality --jacobian``: the Rayleigh-quotient table and the agreement threshold."""
-    from ldiff.diffusion.precond import standardization
+    from ldiff.diffusion.precond import skip_gaussian, standardization
     from ldiff.nets.gaussian import load_state
     from ldiff.observe import Subsample
     from ldiff.quality import jacobian_agreement
@@ -145,9 +145,10 @@ def run_jacobian(args: argparse.Namespace, net, schedule, windows: dict) -> None
 
     latent = standardization(net)
     if args.jacobian == "prior":
-        if not getattr(net, "fitted", False) or getattr(net, "power", None) is None or net.power.dim() != 3:
+        gaussian = skip_gaussian(net)
+        if gaussian is None:
             raise ValueError(f"{args.checkpoint}: --jacobian prior needs a prior with a Gaussian skip term (precondition gaussian or gaussian-node)")
-        power = net.power.float()
+        power = gaussian[0].float()
     elif latent is not None:
         raise ValueError(f"{args.checkpoint}: this prior runs on standardised coordinates; compare it with its own skip term: --jacobian prior")
     else:

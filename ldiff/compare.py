@@ -66,7 +66,7 @@ from ldiff.data.module import FieldDataModule
 from ldiff.guidance.base import Strategy
 from ldiff.guidance.exact_gaussian import ExactGaussian
 from ldiff.lit.checkpoint import load_prior
-from ldiff.diffusion.precond import standardization
+from ldiff.diffusion.precond import skip_gaussian, standardization
 from ldiff.lit.inference import InferenceModule
 from ldiff.nets.gaussian import GaussianPrior
 from ldiff.observe import Operator
@@ -132,10 +132,10 @@ def gaussian_baseline(baseline: str | dict | None, window: int, normalizer: dict
     if baseline is None:
         return None
     if baseline == "prior":
-        power = getattr(net, "power", None)
-        if power is None or power.dim() != 3 or not getattr(net, "fitted", False):
+        gaussian = skip_gaussian(net)
+        if gaussian is None:
             raise ValueError(f"baseline: prior needs a prior with a Gaussian skip term (precondition gaussian or gaussian-node), not a {type(net).__name__}")
-        return ExactGaussian(GaussianPrior(schedule, power, net.mean), prior_coordinates=standardization(net) is not None)
+        return ExactGaussian(GaussianPrior(schedule, *gaussian), prior_coordinates=standardization(net) is not None)
     if isinstance(baseline, str):
         return ExactGaussian(GaussianPrior.load(baseline, schedule))
     data = FieldDataModule(baseline["fit"], window=window, split=(0.0, 0.0, 1.0))

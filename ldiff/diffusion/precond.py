@@ -199,17 +199,19 @@ class StandardizedGaussianPreconditioned(GaussianPreconditioned):
         (a standardisation set before the Gaussian stays)."""
         super().size_gaussian(shape)
         if tuple(self.node_mean.shape) != tuple(shape):
-            self.node_mean = torch.zeros(shape, device=self.power.device, dtype=self.power.dtype)
-            self.node_scale = torch.ones(shape, device=self.power.device, dtype=self.power.dtype)
-            self._standardized = False
+            self._size_standardization(tuple(shape))
+
+    def _size_standardization(self, shape: tuple[int, ...]) -> None:
+        like = {"device": self.power.device, "dtype": self.power.dtype}
+        self.node_mean, self.node_scale = torch.zeros(shape, **like), torch.ones(shape, **like)
+        self._standardized = False
 
     def set_standardization(self, mean: Tensor, scale: Tensor) -> None:
         """Use :math:`x = m + s z` with ``mean`` :math:`m` and ``scale`` :math:`s`, both
         (C, H, W), written in place (see :meth:`size_gaussian`)."""
         check = Standardization(mean, scale)  # refuses bad values
         if self.node_mean.shape != mean.shape:
-            self.node_mean = torch.zeros(mean.shape, device=self.power.device, dtype=self.power.dtype)
-            self.node_scale = torch.ones(mean.shape, device=self.power.device, dtype=self.power.dtype)
+            self._size_standardization(tuple(mean.shape))
         with torch.no_grad():
             self.node_mean.copy_(check.mean.detach())
             self.node_scale.copy_(check.scale.detach())
@@ -229,6 +231,16 @@ class StandardizedGaussianPreconditioned(GaussianPreconditioned):
                 self.set_standardization(mean, scale)
             except ValueError as error:
                 error_msgs.append(f"{prefix}node_mean / {prefix}node_scale: {error}")
+
+
+def skip_gaussian(model: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """``(power, mean)`` of the Gaussian that ``model`` holds (a fitted Gaussian skip
+    term, or a :class:`~ldiff.nets.gaussian.GaussianPrior` itself), in the coordinates it
+    runs on; None when it holds none."""
+    power = getattr(model, "power", None)
+    if not isinstance(power, Tensor) or power.dim() != 3 or not getattr(model, "fitted", True):
+        return None
+    return power, model.mean
 
 
 def standardization(model: nn.Module) -> Standardization | None:

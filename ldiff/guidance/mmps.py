@@ -78,6 +78,7 @@ import os
 import torch
 from torch import Tensor
 
+from ldiff.diffusion.precond import skip_gaussian
 from ldiff.guidance.base import ScoreGuidance, check_state, record
 from ldiff.linalg import truncated_cg
 from ldiff.nets.gaussian import GaussianPrior, load_state, tweedie_cov
@@ -190,10 +191,10 @@ class MMPS(ScoreGuidance):
         """The stationary power of the known covariance, None for the isotropic model."""
         if self.covariance != "prior":
             return self._power
-        power = getattr(denoiser.model, "power", None)
-        if power is None or power.dim() != 3 or not getattr(denoiser.model, "fitted", True):
+        gaussian = skip_gaussian(denoiser.model)
+        if gaussian is None:
             raise ValueError(f"MMPS: covariance 'prior' needs a prior with a fitted Gaussian skip term (precondition gaussian or gaussian-node), not a {type(denoiser.model).__name__}")
-        return power
+        return gaussian[0]
 
     def _known(self, denoiser, obs, x_hat, mu, sigma, noise_var):
         """The known covariance (Gaussian fit or isotropic); ``(sigma g, iterations)``."""

@@ -62,7 +62,7 @@ def truncated_cg(
     curvature_floor: float | Tensor = 0.0,
     precondition: Callable[[Tensor], Tensor] | None = None,
 ) -> CGResult:
-    """Solve ``matvec(v) = b`` per sample from ``v = 0``, stopping a sample at
+    r"""Solve ``matvec(v) = b`` per sample from ``v = 0``, stopping a sample at
     convergence or at the first direction of curvature at most ``curvature_floor * |p|^2``.
     With ``precondition`` (a symmetric positive-definite approximation of the inverse,
     :math:`P \approx M^{-1}`) it is preconditioned CG: the same iterates as CG on

@@ -288,6 +288,7 @@ def wake_windows(frequencies, x, y, frames=16, dt=1.0):
     return torch.stack([torch.randn_like(v), v], dim=2).flatten(1, 2)
 
 
+@pytest.mark.filterwarnings("ignore:The ``compute`` method:UserWarning")  # the last line computes an empty suite on purpose
 def test_strouhal_error_scores_each_sample_against_its_truth_and_counts_flat_windows():
     from ldiff.evaluate import ReconstructionMetrics
     from ldiff.metrics import DIVERGED

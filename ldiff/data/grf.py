@@ -68,7 +68,7 @@ def generate_grf(
     alpha: float = 4.0,
     rho: float = 0.9,
 ) -> xr.Dataset:
-    """Generate ``n_traj`` trajectories of ``n_time`` divergence-free GRF velocity fields.
+    r"""Generate ``n_traj`` trajectories of ``n_time`` divergence-free GRF velocity fields.
 
     Args:
         n_traj, n_time, size: trajectories, frames per trajectory, grid points per side.

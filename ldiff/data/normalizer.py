@@ -1,4 +1,4 @@
-"""``Normalizer``: the per-component affine map between physical and normalised units.
+r"""``Normalizer``: the per-component affine map between physical and normalised units.
 
 Every frame's (u, v) is scaled with the mean and standard deviation of that component
 over the training split, :math:`\tilde x_c = (x_c - m_{c \bmod 2}) / s_{c \bmod 2}`. The

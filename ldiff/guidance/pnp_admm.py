@@ -129,7 +129,7 @@ class PnPADMM(GridStrategy):
         return [self.rho_min * ratio ** (k / (steps - 1)) for k in range(steps)]
 
     def grid(self, denoiser, sampler, like):
-        """One ADMM iteration per sampler step; iteration k runs the denoiser at the time
+        r"""One ADMM iteration per sampler step; iteration k runs the denoiser at the time
         whose noise level is :math:`1/\sqrt{\rho_k}` (``t`` and ``s`` both that time)."""
         batch = like.shape[0]
         times = [torch.full((batch,), noise_time(denoiser.schedule, 1 / math.sqrt(rho)), dtype=like.dtype, device=like.device)

@@ -248,7 +248,7 @@ class ScorePrior(L.LightningModule):
         return (loss_weight(self.loss_weighting, self.schedule, t) * err).mean(), err.mean()
 
     def _node_weight(self) -> Tensor | None:
-        """The loss's weight per node: :math:`s^2 / \operatorname{mean} s^2` for a prior on
+        r"""The loss's weight per node: :math:`s^2 / \operatorname{mean} s^2` for a prior on
         standardised coordinates, so that it trains on the fields' denoising error (the
         standardisation preconditions the model, it does not re-weight the objective
         toward the nodes where the fields hardly vary); None otherwise."""

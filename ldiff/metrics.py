@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -451,7 +450,7 @@ class StrouhalError(FieldMetric):
     def __init__(self, dt: float, x: Tensor, y: Tensor, diameter: float = 1.0, center: tuple[float, float] = (0.0, 0.0)):
         super().__init__()
         self.dt, self.diameter, self.center = dt, diameter, tuple(center)
-        self.x, self.y = (_float64(coordinate) for coordinate in (x, y))
+        self.x, self.y = (torch.as_tensor(coordinate, dtype=torch.float64) for coordinate in (x, y))
         for name in ("sum_st", "sum_truth", "sum_error", "count", "unresolved"):
             self._sum_state(name)
 
@@ -477,13 +476,6 @@ class StrouhalError(FieldMetric):
             "strouhal_unresolved": self.unresolved,
             "excluded": self.excluded,
         }
-
-
-def _float64(coordinate) -> Tensor:
-    """A coordinate vector (tensor, array or sequence) as a float64 tensor."""
-    if isinstance(coordinate, Tensor):
-        return coordinate.detach().to(torch.float64)
-    return torch.as_tensor(np.asarray(coordinate, dtype=np.float64))
 
 
 def _check_ensemble(samples: Tensor, truth: Tensor) -> None:

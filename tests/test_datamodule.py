@@ -399,3 +399,38 @@ def test_split_files_of_different_grids_or_unknown_splits_are_one_line(tmp_path)
         FieldDataModule({**stores, "val": other}, window=2).setup("fit")
     with pytest.raises(ValueError, match=r"^data.path: unknown split 'valid' \(expected train, val, test\)$"):
         FieldDataModule({"train": stores["train"], "valid": stores["val"]}, window=2).setup("fit")
+
+
+class _Tiny(torch.nn.Module):
+    """A 1x1 convolution: an epsilon model for one-frame windows."""
+
+    in_channels = 2
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 2, 1)
+
+    def forward(self, x_t, t, cond=None):
+        return self.conv(x_t)
+
+
+@pytest.mark.parametrize("split, validates", [((1.0, 0.0, 0.0), False), ((0.5, 0.5, 0.0), True)])
+def test_fit_validates_only_when_the_split_has_windows(tmp_path, split, validates):
+    import warnings
+
+    from ldiff.diffusion.schedules import CosineSchedule
+    from ldiff.lit.prior import ScorePrior
+
+    path = save(generate_grf(4, 3, 8, seed=1), tmp_path / "grf.nc")
+    dm = FieldDataModule(str(path), window=1, batch_size=2, split=split)
+    module = ScorePrior(_Tiny(), CosineSchedule(), lr=1e-3, precondition=False)
+    trainer = L.Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, datamodule=dm)
+    assert not [w for w in caught if "length of `DataLoader` across ranks is zero" in str(w.message)]
+    assert ("val/loss" in trainer.callback_metrics) == validates
+    assert trainer.num_val_batches == ([3] if validates else [0])  # 2 trajectories x 3 windows, batches of 2

@@ -279,8 +279,12 @@ class FieldDataModule(L.LightningDataModule):
             order.resume_at(self._resume["epoch"], self._resume["batches"] * self.batch_size)
         return self._loader(dataset, sampler=order)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val"))
+    def val_dataloader(self) -> DataLoader | list:
+        """The validation windows; no loader at all when the split holds none (a prior
+        trained on every trajectory, tested on another store), so Lightning skips
+        validation instead of warning about a loader of length zero."""
+        dataset = self.dataset("val")
+        return self._loader(dataset) if len(dataset) else []
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("test"))

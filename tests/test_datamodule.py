@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import lightning as L
 import numpy as np
@@ -15,6 +16,9 @@ from ldiff.data.conditions import build_conditions
 from ldiff.data.grf import generate_grf, stream_filter
 from ldiff.data.module import FieldDataModule, Normalizer, split_counts, split_trajectories
 from ldiff.data.store import make_dataset, save
+from ldiff.diffusion.schedules import CosineSchedule
+from ldiff.lit.prior import ScorePrior
+from test_prior import Tiny
 
 # --- GRF ------------------------------------------------------------------------------
 
@@ -401,29 +405,11 @@ def test_split_files_of_different_grids_or_unknown_splits_are_one_line(tmp_path)
         FieldDataModule({"train": stores["train"], "valid": stores["val"]}, window=2).setup("fit")
 
 
-class _Tiny(torch.nn.Module):
-    """A 1x1 convolution: an epsilon model for one-frame windows."""
-
-    in_channels = 2
-
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(2, 2, 1)
-
-    def forward(self, x_t, t, cond=None):
-        return self.conv(x_t)
-
-
 @pytest.mark.parametrize("split, validates", [((1.0, 0.0, 0.0), False), ((0.5, 0.5, 0.0), True)])
 def test_fit_validates_only_when_the_split_has_windows(tmp_path, split, validates):
-    import warnings
-
-    from ldiff.diffusion.schedules import CosineSchedule
-    from ldiff.lit.prior import ScorePrior
-
     path = save(generate_grf(4, 3, 8, seed=1), tmp_path / "grf.nc")
     dm = FieldDataModule(str(path), window=1, batch_size=2, split=split)
-    module = ScorePrior(_Tiny(), CosineSchedule(), lr=1e-3, precondition=False)
+    module = ScorePrior(Tiny(), CosineSchedule(), lr=1e-3, precondition=False)
     trainer = L.Trainer(
         max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,

@@ -417,6 +417,6 @@ def test_fit_validates_only_when_the_split_has_windows(tmp_path, split, validate
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(module, datamodule=dm)
-    assert not [w for w in caught if "length of `DataLoader` across ranks is zero" in str(w.message)]
+    assert not [w for w in caught if "across ranks is zero" in str(w.message)]  # of a DataLoader, a list, ...
     assert ("val/loss" in trainer.callback_metrics) == validates
-    assert trainer.num_val_batches == ([3] if validates else [0])  # 2 trajectories x 3 windows, batches of 2
+    assert trainer.num_val_batches == ([3] if validates else [])  # 2 trajectories x 3 windows in batches of 2; none requested

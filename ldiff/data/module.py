@@ -215,9 +215,19 @@ class FieldDataModule(L.LightningDataModule):
         ``split=(0, 0, 1)`` to evaluate a store) it stays unfitted until a checkpoint's
         statistics are loaded into it (``normalizer.load_state_dict``); the datasets
         read the normalizer when they are indexed, so loading after setup is enough.
+
+        A fit whose validation split holds no window (a prior trained on every
+        trajectory and tested on another store) sets the trainer's
+        ``limit_val_batches`` to 0, so Lightning skips validation; given an empty
+        loader, or none, it would warn that its length is zero.
         """
-        if self.splits is not None:
-            return
+        if self.splits is None:
+            self._load()
+        if stage == "fit" and self.trainer is not None and not len(self.dataset("val")):
+            self.trainer.limit_val_batches = 0
+
+    def _load(self) -> None:
+        """Read the stores, split them and fit the normalizer (see :meth:`setup`)."""
         files = split_files(self.path)
         stores = {name: read_store(path) for name, path in files.items()}
         for name, ds in stores.items():
@@ -279,12 +289,8 @@ class FieldDataModule(L.LightningDataModule):
             order.resume_at(self._resume["epoch"], self._resume["batches"] * self.batch_size)
         return self._loader(dataset, sampler=order)
 
-    def val_dataloader(self) -> DataLoader | list:
-        """The validation windows; no loader at all when the split holds none (a prior
-        trained on every trajectory, tested on another store), so Lightning skips
-        validation instead of warning about a loader of length zero."""
-        dataset = self.dataset("val")
-        return self._loader(dataset) if len(dataset) else []
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"))
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("test"))

@@ -346,3 +346,55 @@ def test_node_standardisation_fits_every_node_then_the_gaussian_of_z_and_travels
     assert baseline.prior_coordinates and torch.equal(baseline.prior.power, net.power)
     with pytest.raises(ValueError, match="baseline: prior needs a prior with a Gaussian skip term"):
         gaussian_baseline("prior", 2, {}, schedule, net.net)
+
+
+def test_init_from_starts_a_new_run_from_a_priors_weights_gaussian_and_normaliser(fitted, tmp_path, capsys):
+    """``--model.init_from PRIOR``: a new run (step 0, a fresh optimiser) on other data
+    whose online and averaged weights start at the prior's, with the prior's Gaussian,
+    standardisation and normaliser, none refitted to the new data; a resume ignores it;
+    a prior of another preconditioning, schedule or window shape is one line naming it."""
+    data, _ = fitted
+    node = ("--model.precondition", "gaussian-node")
+    assert run("fit", *fit_args(data, tmp_path / "first", "--trainer.max_epochs", "1", *node)) == 0
+    exported = torch.load(export_prior(tmp_path / "first" / "checkpoints" / "last.ckpt", tmp_path / "exported.ckpt"), weights_only=True)
+    # shift every weight by 0.5, so that weights started afresh could not pass for the prior's
+    parameters = {f"net.{name}" for name, _ in load_prior(tmp_path / "exported.ckpt")[0].named_parameters()}
+    for key in parameters:
+        exported["state_dict"][key] = exported["state_dict"][key] + 0.5
+    torch.save(exported, tmp_path / "prior.ckpt")
+    fields = generate_grf(16, 8, 16, seed=3)
+    other = save(fields.assign(u=3.0 * fields["u"] + 2.0, v=0.5 * fields["v"]), tmp_path / "other.nc")  # another normaliser
+    args = fit_args(other, tmp_path / "tuned", "--trainer.max_epochs", "1", "--model.init_from", str(tmp_path / "prior.ckpt"), *node)
+    with mock.patch("ldiff.lit.prior.node_sums", side_effect=AssertionError("refitted to the new data")):
+        assert run("fit", *args) == 0
+    tuned = torch.load(tmp_path / "tuned" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert tuned["global_step"] == STEPS_PER_EPOCH  # a new run: counted from 0
+    assert all(state["step"].item() == STEPS_PER_EPOCH for state in tuned["optimizer_states"][0]["state"].values())
+    for key in ("mean", "std"):
+        assert torch.equal(tuned["normalizer"][key], exported["normalizer"][key])
+    prior_state = exported["state_dict"]
+    for name in ("node_mean", "node_scale", "power", "mean"):
+        for prefix in ("net.", "online."):
+            assert torch.equal(tuned["state_dict"][prefix + name], prior_state["net." + name]), prefix + name
+    # 3 AdamW steps at lr <= 1e-3 move a weight by about 3e-3; the shift above is 0.5
+    for key in parameters:
+        for prefix in ("net.", "online."):
+            moved = (tuned["state_dict"][prefix + key[4:]] - prior_state[key]).abs().max().item()
+            assert moved < 0.02, f"{prefix}{key[4:]} moved {moved} from the prior's"
+    assert any((tuned["state_dict"]["online." + key[4:]] - prior_state[key]).abs().max() > 0 for key in parameters)  # and it trained
+
+    # a resume takes everything from its checkpoint: init_from is not read
+    resume = fit_args(other, tmp_path / "tuned", "--trainer.max_epochs", "2", *node, "--model.init_from", str(tmp_path / "missing.ckpt"))
+    assert run("fit", *resume, "--ckpt_path", "last") == 0
+    capsys.readouterr()
+    # another preconditioning, schedule or grid: one line naming the file
+    assert run("fit", *fit_args(other, tmp_path / "a", "--model.init_from", str(tmp_path / "prior.ckpt"), "--model.precondition", "gaussian")) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ldiff: error:")]
+    assert errors == [f"ldiff: error: init_from {tmp_path / 'prior.ckpt'}: precondition 'gaussian-node', this run's is 'gaussian'"]
+    assert run("fit", *fit_args(other, tmp_path / "c", "--model.init_from", str(tmp_path / "prior.ckpt"), *node, "--model.schedule.init_args.eta", "0.01")) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ldiff: error:")]
+    assert errors == [f"ldiff: error: init_from {tmp_path / 'prior.ckpt'}: its schedule's mu(t) differs from this run's (CosineSchedule against CosineSchedule)"]
+    small = save(generate_grf(16, 8, 8, seed=4), tmp_path / "small.nc")
+    assert run("fit", *fit_args(small, tmp_path / "b", "--model.init_from", str(tmp_path / "prior.ckpt"), *node)) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ldiff: error:")]
+    assert errors == [f"ldiff: error: init_from {tmp_path / 'prior.ckpt'}: parameter net.power has shape (4, 16, 16), the model expects (4, 8, 8)"]

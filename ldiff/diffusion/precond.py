@@ -252,12 +252,18 @@ PRECONDITIONINGS = ("unit", "gaussian", "gaussian-node", "none")
 """Values of ``ScorePrior(precondition=...)``; ``True`` and ``False`` mean ``unit`` and ``none``."""
 
 
+def precondition_kind(kind: bool | str) -> str:
+    """The canonical name of a ``precondition`` setting: ``True`` is ``"unit"``,
+    ``False`` is ``"none"``, a name stays as it is."""
+    return {True: "unit", False: "none"}[kind] if isinstance(kind, bool) else kind
+
+
 def preconditioned(net: nn.Module, schedule: Schedule, kind: bool | str) -> nn.Module:
     """``net`` wrapped as ``kind`` says: ``"unit"`` (or ``True``) in
     :class:`SkipPreconditioned`, ``"gaussian"`` in :class:`GaussianPreconditioned`
     (unfitted), ``"gaussian-node"`` in :class:`StandardizedGaussianPreconditioned`
     (unfitted), ``"none"`` (or ``False``) as it is."""
-    kind = {True: "unit", False: "none"}.get(kind, kind) if isinstance(kind, bool) else kind
+    kind = precondition_kind(kind)
     if kind not in PRECONDITIONINGS:
         raise ValueError(f"precondition must be one of {PRECONDITIONINGS} (or true / false), got {kind!r}")
     if kind == "unit":

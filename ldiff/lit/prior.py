@@ -65,7 +65,13 @@ from torch import Tensor, nn
 from ldiff.diffusion.denoise import LOSS_WEIGHTINGS, LossWeighting, epsilon_errors, epsilon_loss, loss_weight
 from ldiff.diffusion.noise import keyed_generator
 from ldiff.diffusion.latent import node_moments, node_sums
-from ldiff.diffusion.precond import GaussianPreconditioned, StandardizedGaussianPreconditioned, preconditioned, standardization
+from ldiff.diffusion.precond import (
+    GaussianPreconditioned,
+    StandardizedGaussianPreconditioned,
+    precondition_kind,
+    preconditioned,
+    standardization,
+)
 from ldiff.diffusion.schedules import CosineSchedule, Schedule
 from ldiff.lit.ema import averaged_copy, check_decay, update_average
 from ldiff.nets.gaussian import moment_sums, moments_from_sums
@@ -113,6 +119,16 @@ class ScorePrior(L.LightningModule):
             Recorded in the checkpoint; :func:`~ldiff.lit.checkpoint.load_prior`
             rebuilds the same model.
         loss_weighting: ``"epsilon"`` or ``"edm"`` (see the module docstring).
+        init_from: a prior checkpoint (``ldiff fit``'s or :func:`~ldiff.lit.checkpoint.export_prior`'s)
+            to start a new run from, to train a shipped prior longer or fine-tune it on
+            other data: its averaged weights (and its fitted Gaussian and
+            standardisation, which are then not refitted) start both ``online`` and
+            ``net``, and its normaliser replaces the one fitted to this run's data, so
+            the weights see the units they were trained in. The optimiser, learning-rate
+            schedule and weight average start afresh. The checkpoint must have this
+            run's architecture, ``precondition`` and schedule and the data's window
+            shape (else a ``ValueError`` names the file and what differs). Ignored when
+            the run resumes (``--ckpt_path``), whose checkpoint holds all of it.
 
     Batches are dicts with ``x`` (B, C, H, W) in normalised units and optionally ``cond``
     (B, C_cond, H, W).
@@ -128,6 +144,7 @@ class ScorePrior(L.LightningModule):
         ema_decay: float = 0.999,
         precondition: bool | Literal["unit", "gaussian", "gaussian-node", "none"] = True,
         loss_weighting: LossWeighting = "epsilon",
+        init_from: str | None = None,
     ):
         super().__init__()
         if lr <= 0 or weight_decay < 0:
@@ -143,6 +160,7 @@ class ScorePrior(L.LightningModule):
         self.lr, self.weight_decay, self.lr_schedule = lr, weight_decay, lr_schedule
         self.ema_decay = check_decay(ema_decay)
         self.loss_weighting = loss_weighting
+        self.init_from = init_from
         self.run_seed: int | None = None
         self._resumed_rng: dict[str, Any] | None = None
 
@@ -157,6 +175,30 @@ class ScorePrior(L.LightningModule):
             shape = tuple(next(self._training_windows(chunk=1)).shape[1:])
             for module in (self.online, self.net):
                 module.size_gaussian(shape)
+
+    def start_from(self, path: str) -> None:
+        """Load the prior checkpoint ``path`` into ``online`` and ``net`` and its normaliser
+        into the data module (see ``init_from``)."""
+        from ldiff.lit.checkpoint import check_state, load_prior
+
+        prior, schedule, normalizer, hparams = load_prior(path)
+        where = f"init_from {path}"
+        precondition = self.hparams.get("precondition", True)
+        if precondition_kind(hparams.get("precondition", False)) != precondition_kind(precondition):
+            raise ValueError(f"{where}: precondition {hparams.get('precondition')!r}, this run's is {precondition!r}")
+        grid = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)
+        for name in ("mu", "sigma"):
+            ours, theirs = getattr(self.schedule, name)(grid), getattr(schedule, name)(grid)
+            if not torch.allclose(ours.double(), theirs.double(), rtol=1e-6, atol=1e-9):
+                raise ValueError(f"{where}: its schedule's {name}(t) differs from this run's ({type(schedule).__name__} against {type(self.schedule).__name__})")
+        state = prior.state_dict()
+        check_state(self.online, state, where)  # setup sized the Gaussian to this run's windows: checked too
+        for module in (self.online, self.net):
+            module.load_state_dict(state)
+        datamodule_normalizer = getattr(self.trainer.datamodule, "normalizer", None)
+        if datamodule_normalizer is not None:
+            datamodule_normalizer.load_state_dict(normalizer)
+        rank_zero_info(f"ScorePrior: starting from {path} (its averaged weights, Gaussian and normaliser)")
 
     def _training_windows(self, **kwargs: Any) -> Iterator[Tensor]:
         """The data module's ``training_windows(**kwargs)``; ``ValueError`` if it has none."""
@@ -201,6 +243,9 @@ class ScorePrior(L.LightningModule):
         return first, second, count
 
     def on_fit_start(self) -> None:
+        # after a resume's restore (trainer.ckpt_path is set by then), before the Gaussian's fit
+        if self.init_from is not None and self.trainer.ckpt_path is None:
+            self.start_from(self.init_from)
         if isinstance(self.online, GaussianPreconditioned) and not self.online.fitted:
             self.fit_gaussian()  # a resume restored its checkpoint's Gaussian instead
         count = num_parameters(self.online)
